@@ -1,0 +1,85 @@
+"""One settings object for the API, the worker and the CLI, read from FINETUNE_* variables."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FINETUNE_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    # Empty means the embedded SQLite file under data_dir.
+    database_url: str = ""
+    # Empty means the embedded broker: kombu's filesystem transport under data_dir.
+    broker_url: str = ""
+    api_key: str | None = None
+
+    max_upload_bytes: int = 2 * 1024**3
+    # A job whose worker stopped heart-beating for this long is handed to another worker.
+    lease_seconds: int = 60
+    heartbeat_seconds: int = 10
+    max_attempts: int = 3
+    # How often the API re-queues jobs whose message was lost or whose lease expired.
+    reconcile_seconds: int = 15
+    predict_max_batch: int = 16
+    predict_max_delay_ms: float = 5.0
+    model_cache_size: int = 4
+    torch_threads: int = 0  # 0: leave torch's default
+    log_level: str = "INFO"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'finetune.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    def ensure_dirs(self) -> None:
+        for d in (
+            self.data_dir,
+            self.broker_dir,
+            self.datasets_dir,
+            self.jobs_dir,
+            self.models_dir,
+            self.cache_dir,
+            self.data_dir / "uploads",
+        ):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

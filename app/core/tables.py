@@ -1,0 +1,9 @@
+"""Imports every table so Base.metadata is complete (Alembic, tests)."""
+
+from app.auth.models import ApiKey, Owner
+from app.core.db import Base
+from app.datasets.models import Dataset
+from app.jobs.models import Job, JobEvent
+from app.registry.models import Model
+
+__all__ = ["ApiKey", "Base", "Dataset", "Job", "JobEvent", "Model", "Owner"]

@@ -1,0 +1,23 @@
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base, utcnow
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20), default="ready")
+    num_samples: Mapped[int] = mapped_column(default=0)
+    classes: Mapped[list] = mapped_column(default=list)
+    class_counts: Mapped[dict] = mapped_column(default=dict)
+    splits: Mapped[dict] = mapped_column(default=dict)
+    # Column names and feature types for CSV datasets.
+    meta: Mapped[dict] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,165 @@
+"""Datasets: an upload is streamed to disk, validated and ingested, then recorded."""
+
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.auth.models import Owner
+from app.core.db import new_id
+from app.core.errors import ApiError, Conflict, Invalid, NotFound
+from app.datasets.ingest import (
+    IngestError,
+    Limits,
+    ingest_csv,
+    ingest_image_archive,
+    sniff_format,
+)
+from app.datasets.models import Dataset
+from app.jobs.models import Job
+from app.storage.local import LocalStorage
+
+ARCHIVE_FORMATS = {"zip", "tar"}
+CHUNK = 1024 * 1024
+
+
+def _copy_bounded(src: BinaryIO, dest: Path, max_bytes: int) -> int:
+    """Copy an upload to disk in chunks, refusing it once it passes `max_bytes`."""
+    written = 0
+    with dest.open("wb") as out:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            if written > max_bytes:
+                raise ApiError(
+                    f"upload is larger than the limit of {max_bytes} bytes",
+                    code="upload_too_large",
+                    status=413,
+                )
+            out.write(chunk)
+    return written
+
+
+def _resolve_task(fmt: str, task: str | None, text_column: str, csv_path: Path) -> str:
+    if fmt in ARCHIVE_FORMATS:
+        if task not in (None, "image_classification"):
+            raise Invalid(
+                f"task {task!r} needs a CSV file; an archive is an image dataset",
+                code="task_mismatch",
+            )
+        return "image_classification"
+    if task == "image_classification":
+        raise Invalid(
+            "image_classification needs a ZIP or tar archive of class folders", code="task_mismatch"
+        )
+    if task:
+        return task
+    # No task given for a CSV: a text column means text, anything else is tabular.
+    with csv_path.open("rb") as f:
+        header = f.readline(64 * 1024).decode("utf-8-sig", errors="replace")
+    columns = [c.strip().strip('"') for c in header.strip().split(",")]
+    return "text_classification" if text_column in columns else "tabular_classification"
+
+
+def create(
+    *,
+    session: Session,
+    owner: Owner,
+    storage: LocalStorage,
+    upload: BinaryIO,
+    filename: str | None,
+    name: str | None,
+    task: str | None,
+    label_column: str,
+    text_column: str,
+    limits: Limits | None = None,
+) -> Dataset:
+    """Ingest an uploaded archive or CSV into a new dataset; nothing is left behind on error."""
+    dataset_id = new_id("ds")
+    scratch = storage.scratch_path()
+    final = storage.dataset_dir(dataset_id)
+    partial = final.with_name(final.name + ".partial")
+    limits = limits or Limits()
+    try:
+        size = _copy_bounded(upload, scratch, storage.settings.max_upload_bytes)
+        if size == 0:
+            raise Invalid("the uploaded file is empty", code="empty_upload")
+        fmt = sniff_format(scratch)
+        task = _resolve_task(fmt, task, text_column, scratch)
+        if task == "image_classification":
+            manifest = ingest_image_archive(archive_path=scratch, dest_dir=partial, limits=limits)
+        else:
+            manifest = ingest_csv(
+                csv_path=scratch,
+                dest_dir=partial,
+                task=task,
+                label_column=label_column,
+                text_column=text_column,
+                limits=limits,
+            )
+        partial.rename(final)
+    except IngestError as exc:
+        raise ApiError(exc.message, code=exc.code, status=exc.status) from exc
+    finally:
+        storage.remove(scratch)
+        storage.remove(partial)
+
+    meta = {
+        k: manifest[k]
+        for k in ("columns", "feature_types", "label_column", "text_column")
+        if k in manifest
+    }
+    dataset = Dataset(
+        id=dataset_id,
+        owner_id=owner.id,
+        task=task,
+        name=(name or Path(filename or dataset_id).name)[:200],
+        num_samples=manifest["num_samples"],
+        classes=manifest["classes"],
+        class_counts=manifest["class_counts"],
+        splits=manifest["splits"],
+        meta=meta,
+    )
+    session.add(dataset)
+    try:
+        session.commit()
+    except Exception:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    return dataset
+
+
+def get(*, session: Session, owner: Owner, dataset_id: str) -> Dataset:
+    """The owner's dataset, or 404 (another owner's ids look the same as unknown ones)."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.owner_id != owner.id:
+        raise NotFound(f"dataset {dataset_id!r} not found")
+    return dataset
+
+
+def list_(*, session: Session, owner: Owner, limit: int, offset: int) -> tuple[list[Dataset], int]:
+    query = select(Dataset).where(Dataset.owner_id == owner.id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
+    )
+    return list(rows), total
+
+
+def delete(*, session: Session, owner: Owner, storage: LocalStorage, dataset_id: str) -> None:
+    """Delete a dataset that no queued or running job still needs."""
+    dataset = get(session=session, owner=owner, dataset_id=dataset_id)
+    busy = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.dataset_id == dataset_id, Job.status.in_(("queued", "running")))
+    )
+    if busy:
+        raise Conflict(
+            f"dataset {dataset_id!r} is used by {busy} queued or running job(s)",
+            code="dataset_in_use",
+        )
+    session.delete(dataset)
+    session.commit()
+    storage.remove(storage.dataset_dir(dataset_id))

@@ -1,0 +1,43 @@
+"""Re-sends jobs whose message was lost or whose worker died (see service.stale_jobs)."""
+
+import logging
+import threading
+
+from app.core.config import Settings
+from app.core.db import get_sessionmaker
+from app.jobs import service
+from worker.celery_app import enqueue_job
+
+log = logging.getLogger("finetune.reconciler")
+
+
+def reconcile_once(*, grace_seconds: float = 5.0) -> list[str]:
+    """Send a message for every stale job; returns their ids."""
+    with get_sessionmaker()() as session:
+        stale = service.stale_jobs(session=session, grace_seconds=grace_seconds)
+        for job_id in stale:
+            enqueue_job(job_id)
+            service.mark_enqueued(session=session, job_id=job_id)
+            log.info("re-queued job %s", job_id)
+    return stale
+
+
+class Reconciler:
+    def __init__(self, settings: Settings):
+        self.every = settings.reconcile_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                reconcile_once()
+            except Exception:  # database or broker away: try again next round
+                log.warning("reconcile failed", exc_info=True)

@@ -1,0 +1,113 @@
+import asyncio
+import json
+import logging
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+
+from app.core.db import get_sessionmaker
+from app.core.deps import CurrentOwner, SessionDep
+from app.core.schemas import Page
+from app.jobs import service
+from app.jobs.schemas import JobEventOut, JobOut, JobSpec
+from worker.celery_app import enqueue_job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+def create_job(
+    spec: JobSpec,
+    owner: CurrentOwner,
+    session: SessionDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+):
+    job, created = service.create(
+        session=session, owner=owner, spec=spec, idempotency_key=idempotency_key
+    )
+    if created:
+        # Queue only after commit, and only the id. If the broker is down the job stays
+        # queued with no message; the reconciler sends it later.
+        try:
+            enqueue_job(job.id)
+            service.mark_enqueued(session=session, job_id=job.id)
+        except Exception:
+            log.warning("could not enqueue job %s now; the reconciler will", job.id, exc_info=True)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job
+
+
+@router.get("", response_model=Page[JobOut])
+def list_jobs(
+    owner: CurrentOwner,
+    session: SessionDep,
+    status: Annotated[JobStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+):
+    rows, total = service.list_(
+        session=session, owner=owner, status=status, limit=limit, offset=offset
+    )
+    nxt = offset + len(rows) if offset + len(rows) < total else None
+    return Page[JobOut](items=rows, total=total, next_offset=nxt)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, owner: CurrentOwner, session: SessionDep):
+    return service.get(session=session, owner=owner, job_id=job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, owner: CurrentOwner, session: SessionDep):
+    return service.cancel(session=session, owner=owner, job_id=job_id)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=list[JobEventOut],
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def job_events(
+    job_id: str,
+    owner: CurrentOwner,
+    session: SessionDep,
+    request: Request,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+):
+    rows = service.events(session=session, owner=owner, job_id=job_id, after=after, limit=limit)
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return rows
+    return StreamingResponse(
+        _event_stream(owner_id=owner.id, job_id=job_id, after=after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+async def _event_stream(*, owner_id: str, job_id: str, after: int):
+    """Server-sent events: everything after `after`, then new events until the job ends."""
+    from app.auth.models import Owner
+    from app.jobs.models import Job
+
+    last = after
+    while True:
+        with get_sessionmaker()() as session:
+            owner = session.get(Owner, owner_id)
+            rows = service.events(
+                session=session, owner=owner, job_id=job_id, after=last, limit=500
+            )
+            finished = session.get(Job, job_id).status in service.TERMINAL
+        for ev in rows:
+            last = ev.id
+            payload = JobEventOut.model_validate(ev).model_dump(mode="json")
+            yield f"id: {ev.id}\nevent: {ev.type}\ndata: {json.dumps(payload)}\n\n"
+        if finished and not rows:
+            return
+        await asyncio.sleep(0.5)

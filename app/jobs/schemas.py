@@ -1,0 +1,82 @@
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Strategy = Literal["full", "partial", "layerwise", "progressive", "auto"]
+
+
+class JobSpec(BaseModel):
+    """What to fine-tune and how. Unknown fields are refused so a typo is not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(min_length=1, max_length=64)
+    base_model: str = Field(
+        min_length=1, max_length=200, description="a name from GET /v1/base-models, or model:<id>"
+    )
+    pretrained: bool = True
+    strategy: Strategy = "partial"
+    trainable_blocks: int = Field(0, ge=0, le=64)
+    unfreeze_every: int = Field(1, ge=1, le=1000)
+    epochs: int = Field(10, ge=1, le=1000)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    batch_size: int = Field(32, ge=1, le=4096)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    val_fraction: float = Field(0.15, gt=0, lt=0.9)
+    early_stopping_patience: int | None = Field(5, ge=1, le=1000)
+    image_size: int = Field(224, ge=16, le=1024)
+    augment: bool = False
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["auto"] | None = None
+    lr_decay: float = Field(0.5, gt=0, le=1, description="per-block rate factor (progressive)")
+    auto_budget_epochs: int = Field(12, ge=1, le=1000, description="search budget (auto)")
+
+    @field_validator("base_model")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+
+class Progress(BaseModel):
+    epoch: int = 0
+    epochs: int = 0
+    fraction: float = 0.0
+    eta_seconds: float | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    spec: dict[str, Any]
+    progress: Progress
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    leaderboard: list[dict[str, Any]] | None = None
+    model_id: str | None
+    error: JobError | None
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    type: str
+    data: dict[str, Any]
+    created_at: datetime

@@ -1,0 +1,203 @@
+"""Jobs: create (idempotent), read, cancel, events; the reconciler that re-queues."""
+
+import hashlib
+import json
+import logging
+from datetime import timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.auth.models import Owner
+from app.core.db import new_id, utcnow
+from app.core.errors import Conflict, Invalid, NotFound
+from app.datasets import service as datasets
+from app.jobs.models import Job, JobEvent
+from app.jobs.schemas import JobSpec
+from app.registry import base_models
+from app.registry.models import Model
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def _request_hash(spec: JobSpec) -> str:
+    return hashlib.sha256(
+        json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
+
+
+def add_event(session: Session, job_id: str, type_: str, **data) -> None:
+    session.add(JobEvent(job_id=job_id, type=type_, data=data))
+
+
+def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: str) -> dict:
+    """Refuse a job whose base model is unknown, absent, or of another task (422 / 404)."""
+    if spec.base_model.startswith("model:"):
+        model_id = spec.base_model.removeprefix("model:")
+        parent = session.get(Model, model_id)
+        if parent is None or parent.owner_id != owner.id:
+            raise NotFound(f"base_model: model {model_id!r} not found")
+        if parent.task != task:
+            raise Invalid(
+                f"base_model: model {model_id!r} is a {parent.task} model; the dataset is {task}",
+                code="task_mismatch",
+            )
+        return {"parent_model_id": parent.id, "architecture": parent.lineage.get("architecture")}
+    info = base_models.check(name=spec.base_model, pretrained=spec.pretrained)
+    if info["task"] != task:
+        raise Invalid(
+            f"base_model: {spec.base_model!r} is for {info['task']}; the dataset is {task}",
+            code="task_mismatch",
+        )
+    return {"architecture": spec.base_model}
+
+
+def create(
+    *, session: Session, owner: Owner, spec: JobSpec, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Record a queued job; returns (job, created). The caller enqueues after commit."""
+    request_hash = _request_hash(spec)
+    if idempotency_key:
+        existing = _by_idempotency_key(session, owner, idempotency_key)
+        if existing is not None:
+            return _replay(existing, request_hash, idempotency_key), False
+    dataset = datasets.get(session=session, owner=owner, dataset_id=spec.dataset_id)
+    _check_base_model(session=session, owner=owner, spec=spec, task=dataset.task)
+    job = Job(
+        id=new_id("job"),
+        owner_id=owner.id,
+        dataset_id=dataset.id,
+        status="queued",
+        spec=spec.model_dump(mode="json"),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        progress={"epoch": 0, "epochs": spec.epochs, "fraction": 0.0, "eta_seconds": None},
+    )
+    session.add(job)
+    add_event(session, job.id, "status", status="queued")
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced; the other one won.
+        session.rollback()
+        existing = _by_idempotency_key(session, owner, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, request_hash, idempotency_key or ""), False
+    return job, True
+
+
+def _by_idempotency_key(session: Session, owner: Owner, key: str) -> Job | None:
+    return session.scalars(
+        select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == key)
+    ).first()
+
+
+def _replay(job: Job, request_hash: str, key: str) -> Job:
+    if job.request_hash != request_hash:
+        raise Conflict(
+            f"Idempotency-Key {key!r} was already used with a different job spec",
+            code="idempotency_conflict",
+        )
+    return job
+
+
+def mark_enqueued(*, session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    session.commit()
+
+
+def get(*, session: Session, owner: Owner, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner_id != owner.id:
+        raise NotFound(f"job {job_id!r} not found")
+    return job
+
+
+def list_(
+    *, session: Session, owner: Owner, status: str | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    query = select(Job).where(Job.owner_id == owner.id)
+    if status:
+        query = query.where(Job.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    )
+    return list(rows), total
+
+
+def cancel(*, session: Session, owner: Owner, job_id: str) -> Job:
+    """A queued job is cancelled now; a running one is asked to stop at its next step."""
+    job = get(session=session, owner=owner, job_id=job_id)
+    now = utcnow()
+    # Guarded updates: the worker may be moving the same row at this moment.
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now)
+    ).rowcount
+    if done:
+        add_event(session, job_id, "status", status="cancelled")
+    else:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(cancel_requested=True)
+        ).rowcount
+        if done:
+            add_event(session, job_id, "cancel_requested")
+    session.commit()
+    session.refresh(job)
+    if not done and job.status in TERMINAL and job.status != "cancelled":
+        raise Conflict(
+            f"job {job_id!r} already {job.status}; nothing to cancel", code="job_finished"
+        )
+    return job
+
+
+def events(
+    *, session: Session, owner: Owner, job_id: str, after: int, limit: int
+) -> list[JobEvent]:
+    get(session=session, owner=owner, job_id=job_id)
+    return list(
+        session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after)
+            .order_by(JobEvent.id)
+            .limit(limit)
+        )
+    )
+
+
+def stale_jobs(
+    *, session: Session, grace_seconds: float, resend_after_seconds: float = 1800
+) -> list[str]:
+    """Jobs that need a (new) message.
+
+    - queued, never sent (the API died between commit and send, or the broker was down);
+    - queued, sent long ago (a broker that keeps nothing on disk was restarted);
+    - running on an expired lease that has not been re-sent since it expired (its worker died).
+    A duplicate message is harmless: the claim is a guarded transition.
+    """
+    now = utcnow()
+    rows = session.scalars(
+        select(Job.id)
+        .where(
+            or_(
+                (Job.status == "queued")
+                & (Job.enqueued_at.is_(None))
+                & (Job.created_at < now - timedelta(seconds=grace_seconds)),
+                (Job.status == "queued")
+                & (Job.enqueued_at < now - timedelta(seconds=resend_after_seconds)),
+                (Job.status == "running")
+                & (Job.lease_expires_at < now)
+                & (or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at)),
+            )
+        )
+        .limit(100)
+    )
+    return list(rows)

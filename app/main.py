@@ -1,0 +1,72 @@
+"""create_app(): routers, error handlers, middleware and the lifespan."""
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.auth.router import router as admin_router
+from app.auth.service import ensure_admin
+from app.core.config import get_settings
+from app.core.db import get_sessionmaker
+from app.core.errors import ErrorResponse, install_error_handlers
+from app.core.health import router as health_router
+from app.core.middleware import BodyLimit, Metrics
+from app.datasets.router import router as datasets_router
+from app.jobs.reconciler import Reconciler
+from app.jobs.router import router as jobs_router
+from app.predictions.service import ModelCache
+from app.registry.router import router as models_router
+
+log = logging.getLogger("finetune")
+
+
+def announce_admin_key(key: str) -> None:
+    print(
+        "\n  Admin API key (shown once, stored hashed):\n\n"
+        f"    {key}\n\n  Send it as 'Authorization: Bearer <key>'.\n",
+        flush=True,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings = get_settings()
+    settings.ensure_dirs()
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    with get_sessionmaker()() as session:
+        generated = ensure_admin(session=session, configured_key=settings.api_key)
+    if generated:
+        announce_admin_key(generated)
+    app.state.models = ModelCache(
+        capacity=settings.model_cache_size,
+        max_batch=settings.predict_max_batch,
+        max_delay=settings.predict_max_delay_ms / 1000,
+    )
+    reconciler = Reconciler(settings)
+    reconciler.start()
+    try:
+        yield
+    finally:
+        reconciler.stop()
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="finetune",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Transfer learning by fine-tuning, as a REST service.",
+        responses={k: {"model": ErrorResponse} for k in (401, 404, 409, 413, 422)},
+    )
+    install_error_handlers(app)
+    for router in (health_router, datasets_router, jobs_router, models_router, admin_router):
+        app.include_router(router)
+    # Multipart framing adds a little to the file itself.
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 1024 * 1024)
+    app.add_middleware(Metrics)
+    return app

@@ -1,0 +1,111 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from app.core.deps import CurrentOwner, SessionDep, SettingsDep
+from app.core.errors import ApiError, Invalid
+from app.core.schemas import Page
+from app.registry import base_models, service
+from app.registry.schemas import BaseModelOut, ModelOut, PredictResponse
+from app.storage.local import LocalStorage
+from app.training.errors import EngineError
+from app.training.inference import decode_image
+
+router = APIRouter(tags=["models"])
+
+MAX_FILES = 64
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "top_k": {"type": "integer", "minimum": 1},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "inputs": {"type": "array"},
+                        "top_k": {"type": "integer", "minimum": 1},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.get("/v1/models", response_model=Page[ModelOut])
+def list_models(
+    owner: CurrentOwner,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+):
+    rows, total = service.list_(session=session, owner=owner, limit=limit, offset=offset)
+    nxt = offset + len(rows) if offset + len(rows) < total else None
+    return Page[ModelOut](items=rows, total=total, next_offset=nxt)
+
+
+@router.get("/v1/models/{model_id}", response_model=ModelOut)
+def get_model(model_id: str, owner: CurrentOwner, session: SessionDep):
+    return service.get(session=session, owner=owner, model_id=model_id)
+
+
+def _top_k(value, n_classes: int) -> int:
+    try:
+        k = int(value) if value not in (None, "") else 1
+    except (TypeError, ValueError):
+        raise Invalid("top_k: must be a positive integer", code="validation_error") from None
+    if k < 1:
+        raise Invalid("top_k: must be a positive integer", code="validation_error")
+    return min(k, n_classes)
+
+
+@router.post(
+    "/v1/models/{model_id}/predict", response_model=PredictResponse, openapi_extra=PREDICT_BODY
+)
+async def predict(
+    model_id: str, request: Request, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
+):
+    model = service.get(session=session, owner=owner, model_id=model_id)
+    content_type = request.headers.get("content-type", "")
+    if model.task == "image_classification":
+        if not content_type.startswith("multipart/form-data"):
+            raise ApiError(
+                "an image model takes multipart/form-data with one or more 'files'",
+                code="unsupported_media_type",
+                status=415,
+            )
+        form = await request.form(max_files=MAX_FILES, max_fields=8)
+        files = form.getlist("files")
+        if not files or any(isinstance(f, str) for f in files):
+            raise Invalid("files: send one or more image files as 'files'", code="missing_files")
+        top_k = _top_k(form.get("top_k"), len(model.classes))
+        inputs = []
+        for f in files:
+            data = await f.read()
+            try:
+                inputs.append(decode_image(data))
+            except EngineError as exc:
+                raise Invalid(f"files: {f.filename!r}: {exc.message}", code=exc.code) from exc
+    else:
+        raise Invalid(
+            f"predict for {model.task} models is not available yet", code="unsupported_task"
+        )
+    batcher = request.app.state.models.get(model.id, LocalStorage(settings).model_dir(model.id))
+    predictions = await batcher.submit(inputs, top_k)
+    return {"model_id": model.id, "predictions": predictions}
+
+
+@router.get("/v1/base-models", response_model=list[BaseModelOut], tags=["base-models"])
+def list_base_models(owner: CurrentOwner):
+    return base_models.list_all()

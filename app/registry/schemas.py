@@ -1,0 +1,44 @@
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    job_id: str
+    dataset_id: str
+    base_model: str
+    task: str
+    classes: list[str]
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    created_at: datetime
+
+
+class TopK(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+    top_k: list[TopK]
+
+
+class PredictResponse(BaseModel):
+    model_id: str
+    predictions: list[Prediction]
+
+
+class BaseModelOut(BaseModel):
+    name: str
+    task: str
+    params: int
+    weights_present: bool
+    description: str = ""
+    default_image_size: int | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)

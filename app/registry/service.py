@@ -1,0 +1,24 @@
+"""Trained models: read and list, owner-scoped."""
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.auth.models import Owner
+from app.core.errors import NotFound
+from app.registry.models import Model
+
+
+def get(*, session: Session, owner: Owner, model_id: str) -> Model:
+    model = session.get(Model, model_id)
+    if model is None or model.owner_id != owner.id:
+        raise NotFound(f"model {model_id!r} not found")
+    return model
+
+
+def list_(*, session: Session, owner: Owner, limit: int, offset: int) -> tuple[list[Model], int]:
+    query = select(Model).where(Model.owner_id == owner.id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Model.created_at.desc(), Model.id).limit(limit).offset(offset)
+    )
+    return list(rows), total

@@ -1,0 +1,39 @@
+"""Where datasets, job work dirs (checkpoints) and model artifacts live.
+
+One directory tree under FINETUNE_DATA_DIR. Scaled out, that directory is a shared mount
+(NFS, EFS, a CSI volume) seen by the API and every worker at the same path.
+"""
+
+import shutil
+import uuid
+from pathlib import Path
+
+from app.core.config import Settings
+
+
+class LocalStorage:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        return self.settings.datasets_dir / dataset_id
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.settings.jobs_dir / job_id
+
+    def model_dir(self, model_id: str) -> Path:
+        return self.settings.models_dir / model_id
+
+    def cache_dir(self) -> Path:
+        return self.settings.cache_dir
+
+    def scratch_path(self, suffix: str = "") -> Path:
+        """A fresh path for an upload in flight, on the same filesystem as its destination."""
+        return self.settings.data_dir / "uploads" / f"{uuid.uuid4().hex}{suffix}"
+
+    @staticmethod
+    def remove(path: Path) -> None:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# One command: venv, install (with test extras), migrations on a scratch database, the suite.
+# Needs the PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) the e2e tests talk to.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh test
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+FINETUNE_DATA_DIR="$scratch" .venv/bin/finetune db upgrade
+.venv/bin/ruff check app worker tests bench
+exec .venv/bin/python -m pytest "$@"

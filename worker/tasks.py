@@ -1,0 +1,214 @@
+"""Celery adapter around the engine: claim the row, train, record the outcome.
+
+The message carries only a job id. Everything else is re-read from the database, so a
+redelivered or duplicated message does no harm (see app.jobs.lifecycle.claim).
+"""
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+
+from app.training.api import train
+from app.training.errors import Cancelled, EngineError
+from celery import shared_task
+
+from app.core.config import get_settings
+from app.core.db import get_sessionmaker, new_id
+from app.jobs import lifecycle
+from app.jobs.models import Job
+from app.registry.models import Model
+from app.storage.local import LocalStorage
+from worker.celery_app import RUN_JOB
+from worker.spec import init_state_for, job_task, train_config
+
+log = logging.getLogger("finetune.worker")
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class _Lease:
+    """Renews the job's lease in the background and watches for a cancel request."""
+
+    def __init__(self, job_id: str, lease_seconds: int, heartbeat_seconds: int):
+        self.job_id, self.lease_seconds, self.every = job_id, lease_seconds, heartbeat_seconds
+        self.lost = threading.Event()
+        self.cancel = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> "_Lease":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        last_renew = time.monotonic()
+        # Poll the cancel flag often (cheap read) and renew the lease every `every` seconds.
+        while not self._stop.wait(1.0):
+            try:
+                with get_sessionmaker()() as session:
+                    if time.monotonic() - last_renew >= self.every:
+                        ours, cancel = lifecycle.heartbeat(
+                            session=session,
+                            job_id=self.job_id,
+                            worker=WORKER_ID,
+                            lease_seconds=self.lease_seconds,
+                        )
+                        last_renew = time.monotonic()
+                        if not ours:
+                            self.lost.set()
+                            return
+                    else:
+                        cancel = lifecycle.cancel_requested(session=session, job_id=self.job_id)
+                if cancel:
+                    self.cancel.set()
+            except Exception:  # the database blinked; the lease has slack, try again
+                log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
+
+    def should_stop(self) -> bool:
+        return self.cancel.is_set() or self.lost.is_set()
+
+
+@shared_task(name=RUN_JOB, bind=True)
+def run_job(self, *, job_id: str) -> str:
+    return execute(job_id=job_id)
+
+
+def execute(*, job_id: str) -> str:
+    """Run one job to its end state if this worker can claim it; returns what happened."""
+    settings = get_settings()
+    storage = LocalStorage(settings)
+    Session = get_sessionmaker()
+    with Session() as session:
+        claim = lifecycle.claim(
+            session=session,
+            job_id=job_id,
+            worker=WORKER_ID,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+    if claim is None:
+        log.info("job %s: not claimable here (already running, finished or cancelled)", job_id)
+        return "skipped"
+    log.info("job %s: attempt %d%s", job_id, claim.attempt, " (resuming)" if claim.resumed else "")
+
+    with Session() as session:
+        job = session.get(Job, job_id)
+        spec, owner_id, dataset_id = dict(job.spec), job.owner_id, job.dataset_id
+        task = job_task(session=session, dataset_id=dataset_id)
+
+    def on_epoch(report: dict) -> None:
+        with Session() as session:
+            if not lifecycle.record_epoch(
+                session=session, job_id=job_id, worker=WORKER_ID, report=report
+            ):
+                lease.lost.set()
+
+    work_dir = storage.job_dir(job_id)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with _Lease(job_id, settings.lease_seconds, settings.heartbeat_seconds) as lease:
+        try:
+            with Session() as session:
+                init_state, lineage = init_state_for(
+                    session=session, storage=storage, owner_id=owner_id, spec=spec
+                )
+            config = train_config(spec, architecture=lineage["architecture"])
+            result = train(
+                config=config,
+                dataset_dir=storage.dataset_dir(dataset_id),
+                work_dir=work_dir,
+                cache_dir=storage.cache_dir(),
+                init_state=init_state,
+                on_epoch=on_epoch,
+                should_stop=lease.should_stop,
+            )
+        except Cancelled:
+            if lease.lost.is_set():
+                log.warning("job %s: lease lost; another worker owns it now", job_id)
+                return "lease_lost"
+            with Session() as session:
+                lifecycle.finish(
+                    session=session, job_id=job_id, worker=WORKER_ID, status="cancelled"
+                )
+            return "cancelled"
+        except EngineError as exc:
+            with Session() as session:
+                lifecycle.finish(
+                    session=session,
+                    job_id=job_id,
+                    worker=WORKER_ID,
+                    status="failed",
+                    error={"code": exc.code, "message": exc.message},
+                )
+            return "failed"
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            with Session() as session:
+                lifecycle.finish(
+                    session=session,
+                    job_id=job_id,
+                    worker=WORKER_ID,
+                    status="failed",
+                    error={
+                        "code": "internal_error",
+                        "message": f"{type(exc).__name__}: {exc}"[:1000],
+                    },
+                )
+            return "failed"
+
+    model_id = new_id("mdl")
+    model_dir = storage.model_dir(model_id)
+    shutil.copytree(result.artifact_dir, model_dir)
+    model = Model(
+        id=model_id,
+        owner_id=owner_id,
+        job_id=job_id,
+        dataset_id=dataset_id,
+        base_model=spec["base_model"],
+        task=task,
+        classes=result.classes,
+        metrics=result.metrics,
+        lineage={
+            **lineage,
+            "job_id": job_id,
+            "dataset_id": dataset_id,
+            "strategy": spec["strategy"],
+            "best_epoch": result.best_epoch,
+        },
+    )
+    with Session() as session:
+        done = lifecycle.finish(
+            session=session,
+            job_id=job_id,
+            worker=WORKER_ID,
+            status="succeeded",
+            model=model,
+            metrics=_summary(result),
+            leaderboard=result.leaderboard,
+        )
+    if not done:
+        # Another worker took the job over while we ran; its result is the one that counts.
+        shutil.rmtree(model_dir, ignore_errors=True)
+        return "lease_lost"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return "succeeded"
+
+
+def _summary(result) -> dict:
+    """The job's headline metrics: the best epoch on validation, then the held-out test."""
+    summary = {
+        f"best_val_{k}": v for k, v in result.val_metrics.items() if isinstance(v, int | float)
+    }
+    summary.update(
+        best_epoch=result.best_epoch,
+        test_accuracy=result.metrics.get("accuracy"),
+        test_macro_f1=result.metrics.get("macro_f1"),
+    )
+    return summary
