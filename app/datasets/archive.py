@@ -364,6 +364,7 @@ def _tar_members(path: Path, limits: Limits) -> Iterator[Member]:
             except _CORRUPT as e:
                 raise _corrupt(e) from None
             if info is None:
+                _check_tar_end(tf, stream)
                 break
             tf.members.clear()  # tarfile remembers every header; we stream, so don't let it grow
             count += 1
@@ -384,6 +385,17 @@ def _tar_members(path: Path, limits: Limits) -> Iterator[Member]:
             if info.size > limits.max_member_bytes:  # tar sizes are exact; refuse before reading
                 budget.add(0, info.size, info.name)
             yield Member(info.name, parts, _tar_chunks(tf, info, budget))
+
+
+def _check_tar_end(tf: tarfile.TarFile, stream: _TarStream) -> None:
+    """tarfile ends quietly at an invalid header; insist the archive really ended there."""
+    try:
+        stream.seek(tf.offset)
+        block = stream.read(tarfile.BLOCKSIZE)
+    except _CORRUPT as e:
+        raise _corrupt(e) from None
+    if block.strip(b"\0"):
+        raise IngestError("corrupt_archive", f"invalid tar header at offset {tf.offset}")
 
 
 def _tar_chunks(tf: tarfile.TarFile, info: tarfile.TarInfo, budget: _Budget) -> Iterator[bytes]:

@@ -360,6 +360,10 @@ def test_corrupt_and_encrypted_zip(digits, tmp_path):
     truncated = tmp_path / "t.tgz"
     truncated.write_bytes(write_tar(tmp_path / "full.tgz", imagefolder(digits)).read_bytes()[:3000])
     assert_fails("corrupt_archive", truncated, tmp_path)
+    plain = write_tar(tmp_path / "plain.tar", imagefolder(digits), mode="w").read_bytes()
+    garbled = tmp_path / "garbled.tar"
+    garbled.write_bytes(plain[:2048] + b"garbage!" * 64 + plain[2560:])
+    assert "invalid tar header" in assert_fails("corrupt_archive", garbled, tmp_path).message
     # zipfile cannot write encrypted members: set the flag bit in each central record.
     data = bytearray(good)
     at = data.find(b"PK\x01\x02")
