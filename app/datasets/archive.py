@@ -303,6 +303,7 @@ class _TarStream:
         self._raw = raw
         self._budget = budget
         self.pos = 0
+        self.last_block = (-1, b"")
         limits = budget.limits
         self._max_pos = limits.max_total_bytes + TAR_OVERHEAD_PER_MEMBER * limits.max_members
 
@@ -315,6 +316,8 @@ class _TarStream:
         if n is None or n < 0 or n > MAX_TAR_READ:
             raise IngestError("corrupt_archive", "a tar header declares an oversized record")
         data = self._inner.read(n)
+        if n <= tarfile.BLOCKSIZE:  # remember headers: going back in a gzip stream costs a rewind
+            self.last_block = (self.pos, data)
         self.pos += len(data)
         self._check()
         return data
@@ -389,11 +392,13 @@ def _tar_members(path: Path, limits: Limits) -> Iterator[Member]:
 
 def _check_tar_end(tf: tarfile.TarFile, stream: _TarStream) -> None:
     """tarfile ends quietly at an invalid header; insist the archive really ended there."""
-    try:
-        stream.seek(tf.offset)
-        block = stream.read(tarfile.BLOCKSIZE)
-    except _CORRUPT as e:
-        raise _corrupt(e) from None
+    at, block = stream.last_block
+    if at != tf.offset:
+        try:
+            stream.seek(tf.offset)
+            block = stream.read(tarfile.BLOCKSIZE)
+        except _CORRUPT as e:
+            raise _corrupt(e) from None
     if block.strip(b"\0"):
         raise IngestError("corrupt_archive", f"invalid tar header at offset {tf.offset}")
 

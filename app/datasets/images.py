@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 
@@ -55,8 +55,8 @@ def is_junk(parts: tuple[str, ...]) -> bool:
     return any(p.startswith(".") or p.lower() in JUNK_NAMES for p in parts)
 
 
-def decode_image(path: Path, name: str, limits: Limits) -> str:
-    """Fully decode the image at `path`; return the extension to store it under, or raise.
+def decode_image(file: Path | BinaryIO, name: str, limits: Limits) -> str:
+    """Fully decode the image in `file`; return the extension to store it under, or raise.
 
     The pixel limit is ours (`limits.max_image_pixels`), checked from the header before
     any pixel is decoded; Pillow's own bomb guard, which reads a process-wide setting,
@@ -65,7 +65,7 @@ def decode_image(path: Path, name: str, limits: Limits) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=list(FORMATS)) as im:
+            with Image.open(file, formats=list(FORMATS)) as im:
                 width, height = im.size
                 if width * height > limits.max_image_pixels:
                     raise IngestError(
@@ -96,10 +96,13 @@ def decode_image(path: Path, name: str, limits: Limits) -> str:
     return FORMATS[fmt]
 
 
-def _write(member: Member, target: Path) -> None:
-    with open(target, "wb") as out:
+def _store(member: Member, target: Path, limits: Limits) -> str:
+    """Stream the member to `target`, decode it from there; return the image's extension."""
+    with open(target, "w+b") as out:
         for chunk in member.chunks:
             out.write(chunk)
+        out.seek(0)
+        return decode_image(out, member.name, limits)
 
 
 def assign_layout(paths: list[tuple[str, ...]]) -> list[tuple[str | None, str]]:
@@ -163,8 +166,7 @@ def ingest_image_archive(
         for member in iter_members(archive_path, fmt, limits):
             if is_junk(member.parts):
                 continue
-            _write(member, part)
-            ext = decode_image(part, member.name, limits)
+            ext = _store(member, part, limits)
             stored = f"files/{len(kept):06d}.{ext}"
             part.rename(work / stored)
             kept.append((member.parts, member.name, stored))
