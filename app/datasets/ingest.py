@@ -2,8 +2,39 @@
 
     from app.datasets.ingest import IngestError, Limits, ingest_dataset, save_upload_stream
 
-Everything here is pure Python (Pillow for images); errors are `IngestError(code,
-message, status)`, which the API turns into `{"error": {"code", "message"}}`.
+Pure Python (Pillow for images): no web framework, database or torch. Every problem with
+the data is an `IngestError(code, message, status)`; the API answers
+`{"error": {"code": e.code, "message": e.message}}` with `e.status` (422, or 413 for
+`upload_too_large`). Any other exception is a bug. On error nothing is left in
+`dest_dir` (and a `dest_dir` the call created is removed); `dest_dir` must be absent or
+empty (else FileExistsError, a caller bug).
+
+Codes: unsupported_format, corrupt_archive, encrypted_archive, unsafe_path,
+symlink_in_archive (symbolic and hard links), special_file_in_archive (devices, fifos),
+archive_too_large (members, member bytes or total bytes over the limits),
+compression_ratio, not_an_image (also truncated/corrupt images), image_too_large,
+bad_layout, bad_class_name, empty_dataset, single_class, too_few_classes,
+too_few_samples; for CSVs also missing_column, bad_csv, bad_encoding, empty_text,
+too_many_rows, unsupported_task, missing_task; invalid_parameter; upload_too_large (413).
+
+`dest_dir/manifest.json` (also returned) for an image archive:
+
+    {"format_version": 1, "task": "image_classification", "source_format": "zip",
+     "classes": ["cat", "dog"], "class_counts": {"cat": 10, "dog": 12},
+     "num_samples": 22, "splits": {"train": 17, "val": 0, "test": 5},
+     "split_class_counts": {"train": {"cat": 8, "dog": 9}, "val": {...}, "test": {...}},
+     "split_source": "generated",   # "archive" when it had a test/ folder
+     "seed": 0, "test_fraction": 0.2,   # null when the archive gave the test split
+     "samples": [{"path": "files/000000.png", "label": 0, "split": "train",
+                  "source": "cats/img1.png"}, ...]}
+
+`label` indexes `classes` (sorted). `val` is non-empty only when the archive has a
+val/ folder; the engine carves validation from train otherwise. For a CSV the manifest
+has no `samples`; the rows are in `dest_dir/data.csv` with a last column `split`, and
+the manifest adds `data_file`, `columns`, `label_column`, `split_column`, and
+`text_column` (text) or `feature_columns`, `feature_types` ({col: "numeric" |
+"categorical"}), `missing_counts` and `categories` ({col: sorted values, or null past
+1000}) (tabular).
 """
 
 from __future__ import annotations

@@ -158,6 +158,8 @@ def ingest_csv(
     is_text = task == "text_classification"
     if SPLIT_COLUMN in (label_column, text_column if is_text else None):
         raise IngestError("invalid_parameter", f"{SPLIT_COLUMN!r} is reserved for the split column")
+    if is_text and text_column == label_column:
+        raise IngestError("invalid_parameter", "text_column and label_column must differ")
 
     rows = _rows(csv_path)
     _, header_row = next(rows)
