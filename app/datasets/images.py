@@ -60,7 +60,9 @@ def decode_image(file: Path | BinaryIO, name: str, limits: Limits) -> str:
 
     The pixel limit is ours (`limits.max_image_pixels`), checked from the header before
     any pixel is decoded; Pillow's own bomb guard, which reads a process-wide setting,
-    is mapped to the same error should it fire first.
+    is mapped to the same error should it fire first. (Turning its warning into an error
+    uses `warnings.catch_warnings`, which is process-wide state in Python 3.11: concurrent
+    ingests in threads may briefly see each other's filter; both want the same one.)
     """
     try:
         with warnings.catch_warnings():
@@ -172,8 +174,9 @@ def ingest_image_archive(
             kept.append((member.parts, member.name, stored))
 
         layout = assign_layout([parts for parts, _, _ in kept])
-        classes = sorted({c for _, c in layout})
-        check_classes(Counter(c for _, c in layout), limits)
+        counts = Counter(c for _, c in layout)
+        check_classes(counts, limits)
+        classes = sorted(counts)
         index = {c: i for i, c in enumerate(classes)}
         labels = [index[c] for _, c in layout]
         splits = [s or "train" for s, _ in layout]
@@ -194,7 +197,7 @@ def ingest_image_archive(
             "task": TASK,
             "source_format": fmt,
             "classes": classes,
-            "class_counts": {c: sum(per_split[s][c] for s in per_split) for c in classes},
+            "class_counts": {c: counts[c] for c in classes},
             "num_samples": len(kept),
             "splits": totals,
             "split_class_counts": per_split,

@@ -217,7 +217,8 @@ def ingest_csv(
                     categories[i] = None
 
     classes = sorted(label_ids)
-    check_classes(_counts(labels, label_ids), limits)
+    counts = _counts(labels, label_ids)
+    check_classes(counts, limits)
     position = {name: i for i, name in enumerate(classes)}
     remap = [0] * len(label_ids)
     for name, first_seen in label_ids.items():
@@ -255,7 +256,7 @@ def ingest_csv(
             "label_column": label_column,
             "split_column": SPLIT_COLUMN,
             "classes": classes,
-            "class_counts": {c: sum(per_split[s][c] for s in SPLITS) for c in classes},
+            "class_counts": {c: counts[c] for c in classes},
             "num_samples": len(labels),
             "splits": totals,
             "split_class_counts": per_split,
