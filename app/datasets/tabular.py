@@ -106,7 +106,10 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                 )
             yield counter[0], row
     except csv.Error as e:
-        raise IngestError("bad_csv", f"line {counter[0]}: {e}") from None
+        why = str(e)
+        if "new-line character" in why:  # csv's hint about open() means nothing to a user
+            why = "a lone carriage return (\\r) inside an unquoted field; use \\n line ends"
+        raise IngestError("bad_csv", f"line {counter[0]}: {why}") from None
 
 
 def _header(row: list[str]) -> list[str]:

@@ -568,6 +568,7 @@ def test_csv_bad_encoding(tmp_path):
         ("text,text,label\nhi,a,b\n", "bad_csv", "twice"),
         ("text,label,split\nhi,a,train\nho,a,dev\n", "bad_csv", "line 3"),
         ("text,label\nhi,a\x07\n", "bad_class_name", "line 2"),
+        ("text,label\rhi,a\rho,b\r", "bad_csv", "carriage return"),
     ],
 )
 def test_csv_content_errors(content, code, where, tmp_path):
@@ -646,3 +647,11 @@ def test_save_upload_removes_partial_file_when_the_client_goes_away(tmp_path):
     with pytest.raises(ConnectionResetError):
         asyncio.run(save_upload_stream(chunks(), dest, max_bytes=1024))
     assert not dest.exists()
+
+
+def test_csv_windows_line_ends(tmp_path):
+    src = tmp_path / "w.csv"
+    src.write_bytes(b'text,label\r\n"multi\r\nline",a\r\nhi,a\r\nho,b\r\nyo,b\r\n')
+    m = ingest_csv(csv_path=src, dest_dir=tmp_path / "o", task="text_classification")
+    assert m["class_counts"] == {"a": 2, "b": 2}
+    assert read_data(tmp_path / "o")[0]["text"] == "multi\nline"
