@@ -654,4 +654,4 @@ def test_csv_windows_line_ends(tmp_path):
     src.write_bytes(b'text,label\r\n"multi\r\nline",a\r\nhi,a\r\nho,b\r\nyo,b\r\n')
     m = ingest_csv(csv_path=src, dest_dir=tmp_path / "o", task="text_classification")
     assert m["class_counts"] == {"a": 2, "b": 2}
-    assert read_data(tmp_path / "o")[0]["text"] == "multi\nline"
+    assert read_data(tmp_path / "o")[0]["text"] == "multi\r\nline"  # text is kept verbatim
