@@ -37,11 +37,20 @@ def _rank(entry: dict) -> tuple[float, float]:
     return (-entry["val_accuracy"], entry["val_loss"])
 
 
-def search(*, make_model: Callable[[], TransferModel], data: ImageData, options: LoopOptions,
-           num_blocks: int, learning_rate: float, lr_decay: float, budget_epochs: int,
-           work_dir: Path, budget_seconds: float | None = None,
-           on_epoch: Callable[[dict], None] = lambda r: None,
-           should_stop: Callable[[], bool] = lambda: False) -> list[dict]:
+def search(
+    *,
+    make_model: Callable[[], TransferModel],
+    data: ImageData,
+    options: LoopOptions,
+    num_blocks: int,
+    learning_rate: float,
+    lr_decay: float,
+    budget_epochs: int,
+    work_dir: Path,
+    budget_seconds: float | None = None,
+    on_epoch: Callable[[dict], None] = lambda r: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[dict]:
     """Leaderboard entries, best first: {strategy, trainable_blocks, learning_rate,
     val_accuracy, val_loss, seconds, trainable_params, epochs}."""
     cands = candidates(learning_rate=learning_rate, num_blocks=num_blocks)
@@ -58,21 +67,34 @@ def search(*, make_model: Callable[[], TransferModel], data: ImageData, options:
             if budget_seconds is not None and board and spent >= budget_seconds:
                 break
             t0 = time.perf_counter()
-            plans = plan_schedule(strategy=cand["strategy"], num_blocks=num_blocks,
-                                  epochs=epochs, learning_rate=cand["learning_rate"],
-                                  trainable_blocks=cand["trainable_blocks"],
-                                  unfreeze_every=1, lr_decay=lr_decay)
-            result = fit(model=make_model(), plans=plans, data=data,
-                         options=replace(options, early_stopping_patience=None),
-                         work_dir=cand_dir, fingerprint={"candidate": cand},
-                         evaluate_test=False,
-                         on_epoch=lambda r, i=i: on_epoch({**r, "phase": "search",
-                                                           "candidate": i}),
-                         should_stop=should_stop)
-            entry = {**cand, "val_accuracy": result.best_val_accuracy,
-                     "val_loss": result.best_val_loss, "epochs": epochs,
-                     "seconds": time.perf_counter() - t0,
-                     "trainable_params": max(h["trainable_params"] for h in result.history)}
+            plans = plan_schedule(
+                strategy=cand["strategy"],
+                num_blocks=num_blocks,
+                epochs=epochs,
+                learning_rate=cand["learning_rate"],
+                trainable_blocks=cand["trainable_blocks"],
+                unfreeze_every=1,
+                lr_decay=lr_decay,
+            )
+            result = fit(
+                model=make_model(),
+                plans=plans,
+                data=data,
+                options=replace(options, early_stopping_patience=None),
+                work_dir=cand_dir,
+                fingerprint={"candidate": cand},
+                evaluate_test=False,
+                on_epoch=lambda r, i=i: on_epoch({**r, "phase": "search", "candidate": i}),
+                should_stop=should_stop,
+            )
+            entry = {
+                **cand,
+                "val_accuracy": result.best_val_accuracy,
+                "val_loss": result.best_val_loss,
+                "epochs": epochs,
+                "seconds": time.perf_counter() - t0,
+                "trainable_params": max(h["trainable_params"] for h in result.history),
+            }
             tmp = done.with_suffix(".tmp")
             tmp.write_text(json.dumps(entry))
             os.replace(tmp, done)

@@ -36,8 +36,15 @@ class TransferModel(nn.Module):
     pooled feature vector.
     """
 
-    def __init__(self, *, stem: nn.Module, blocks: list[nn.Module], num_features: int,
-                 num_classes: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        *,
+        stem: nn.Module,
+        blocks: list[nn.Module],
+        num_features: int,
+        num_classes: int,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.stem = stem
         self.blocks = nn.ModuleList(blocks)
@@ -89,6 +96,7 @@ class BaseModel:
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite
+
 
 def _lite_weights_file(name: str) -> Path | None:
     n = name[-1]
@@ -188,6 +196,7 @@ def _tv(name: str, desc: str) -> BaseModel:
 
 # ---------------------------------------------------------------- tiny_cnn (tests)
 
+
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
@@ -205,9 +214,12 @@ def _build_tiny(pretrained: bool) -> Parts:
 REGISTRY: dict[str, BaseModel] = {
     m.name: m
     for m in [
-        _lite("efficientnet_lite0", 224,
-              "EfficientNet-Lite0, ImageNet (default image backbone; 7 MBConv stages + "
-              "1x1 head conv = 8 blocks)"),
+        _lite(
+            "efficientnet_lite0",
+            224,
+            "EfficientNet-Lite0, ImageNet (default image backbone; 7 MBConv stages + "
+            "1x1 head conv = 8 blocks)",
+        ),
         _lite("efficientnet_lite1", 240, "EfficientNet-Lite1, ImageNet"),
         _lite("efficientnet_lite2", 260, "EfficientNet-Lite2, ImageNet"),
         _tv("resnet18", "torchvision ResNet-18, ImageNet (blocks: layer1..layer4)"),
@@ -259,21 +271,28 @@ def list_base_models() -> list[dict]:
     out = []
     for spec in REGISTRY.values():
         params, num_blocks = _shape_info(spec.name)
-        out.append({
-            "name": spec.name,
-            "task": TASK,
-            "params": params,
-            "num_blocks": num_blocks,
-            "weights_present": spec.weights_file() is not None,
-            "description": spec.description,
-            "default_image_size": spec.default_image_size,
-        })
+        out.append(
+            {
+                "name": spec.name,
+                "task": TASK,
+                "params": params,
+                "num_blocks": num_blocks,
+                "weights_present": spec.weights_file() is not None,
+                "description": spec.description,
+                "default_image_size": spec.default_image_size,
+            }
+        )
     return out
 
 
-def build_model(*, base_model: str, num_classes: int, pretrained: bool,
-                state_dict: dict[str, torch.Tensor] | None = None,
-                seed: int = 0) -> TransferModel:
+def build_model(
+    *,
+    base_model: str,
+    num_classes: int,
+    pretrained: bool,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
+) -> TransferModel:
     """A TransferModel for `num_classes`.
 
     `state_dict` continues from a model trained here (its own head is kept when the
@@ -288,8 +307,13 @@ def build_model(*, base_model: str, num_classes: int, pretrained: bool,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         stem, blocks, features, dropout, base_head = spec.build(load_base)
-        model = TransferModel(stem=stem, blocks=blocks, num_features=features,
-                              num_classes=num_classes, dropout=dropout)
+        model = TransferModel(
+            stem=stem,
+            blocks=blocks,
+            num_features=features,
+            num_classes=num_classes,
+            dropout=dropout,
+        )
     if base_head is not None and base_head.out_features == num_classes:
         model.head.load_state_dict(base_head.state_dict())
     if state_dict is not None:
@@ -298,8 +322,9 @@ def build_model(*, base_model: str, num_classes: int, pretrained: bool,
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("head.") for k in missing):
-            raise ValueError(f"state_dict does not fit {base_model}: "
-                             f"missing={missing} unexpected={unexpected}")
+            raise ValueError(
+                f"state_dict does not fit {base_model}: missing={missing} unexpected={unexpected}"
+            )
     return model
 
 

@@ -77,14 +77,20 @@ def _decode_all(dataset_dir: Path, samples: list[dict], image_size: int) -> torc
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as img:
                     out[i] = pil_to_uint8(img, image_size)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
-                Image.DecompressionBombError) as e:
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombWarning,
+            Image.DecompressionBombError,
+        ) as e:
             raise DatasetError(f"cannot decode {sample['path']}: {e}") from e
     return out
 
 
-def _cached_images(dataset_dir: Path, manifest_bytes: bytes, samples: list[dict],
-                   image_size: int, cache_dir: Path) -> torch.Tensor:
+def _cached_images(
+    dataset_dir: Path, manifest_bytes: bytes, samples: list[dict], image_size: int, cache_dir: Path
+) -> torch.Tensor:
     key = hashlib.sha256(
         str(Path(dataset_dir).resolve()).encode() + b"\0" + manifest_bytes
     ).hexdigest()[:24]
@@ -101,8 +107,9 @@ def _cached_images(dataset_dir: Path, manifest_bytes: bytes, samples: list[dict]
     return images
 
 
-def _stratified_take(indices: np.ndarray, labels: np.ndarray, fraction: float,
-                     rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_take(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray]:
     """Split `indices` into (keep, taken), taking ~fraction of each class (at least one
     from every class that has two or more samples)."""
     keep, taken = [], []
@@ -116,8 +123,14 @@ def _stratified_take(indices: np.ndarray, labels: np.ndarray, fraction: float,
     return np.sort(np.array(keep, dtype=np.int64)), np.sort(np.array(taken, dtype=np.int64))
 
 
-def load_dataset(dataset_dir: Path, *, image_size: int, cache_dir: Path,
-                 val_fraction: float = 0.15, seed: int = 0) -> ImageData:
+def load_dataset(
+    dataset_dir: Path,
+    *,
+    image_size: int,
+    cache_dir: Path,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+) -> ImageData:
     """Decoded (cached) and split dataset; raises DatasetError when unusable."""
     manifest, manifest_bytes = read_manifest(dataset_dir)
     classes = [str(c) for c in manifest["classes"]]
@@ -135,13 +148,14 @@ def load_dataset(dataset_dir: Path, *, image_size: int, cache_dir: Path,
         short = [classes[c] for c in np.flatnonzero(counts < MIN_PER_CLASS_TRAIN)]
         raise DatasetError(
             f"dataset too small: classes {short} have fewer than {MIN_PER_CLASS_TRAIN} "
-            "training images", code="dataset_too_small")
+            "training images",
+            code="dataset_too_small",
+        )
     if len(test_idx) == 0:
         raise DatasetError("dataset has no held-out test split", code="dataset_too_small")
     if len(val_idx) == 0:
         if not 0.0 < val_fraction < 1.0:
-            raise DatasetError("val_fraction must be in (0, 1) when the dataset has no "
-                               "val split")
+            raise DatasetError("val_fraction must be in (0, 1) when the dataset has no val split")
         rng = np.random.RandomState(seed)
         train_idx, val_idx = _stratified_take(train_idx, labels, val_fraction, rng)
 
@@ -152,5 +166,6 @@ def load_dataset(dataset_dir: Path, *, image_size: int, cache_dir: Path,
         t = torch.from_numpy(idx)
         return Split(images=images[t], labels=y[t])
 
-    return ImageData(classes=classes, train=split(train_idx), val=split(val_idx),
-                     test=split(test_idx))
+    return ImageData(
+        classes=classes, train=split(train_idx), val=split(val_idx), test=split(test_idx)
+    )

@@ -72,8 +72,9 @@ class SameConv2d(nn.Conv2d):
 
 
 class ConvBN(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
-                 act: bool = True):
+    def __init__(
+        self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True
+    ):
         super().__init__()
         self.conv = SameConv2d(cin, cout, kernel, stride=stride, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
@@ -123,9 +124,12 @@ def build_lite(name: str) -> tuple[nn.Module, list[nn.Module], int, float]:
 
 
 _PARTS = {
-    "_expand_conv": "expand.conv", "_bn0": "expand.bn",
-    "_depthwise_conv": "depthwise.conv", "_bn1": "depthwise.bn",
-    "_project_conv": "project.conv", "_bn2": "project.bn",
+    "_expand_conv": "expand.conv",
+    "_bn0": "expand.bn",
+    "_depthwise_conv": "depthwise.conv",
+    "_bn1": "depthwise.bn",
+    "_project_conv": "project.conv",
+    "_bn2": "project.bn",
 }
 
 

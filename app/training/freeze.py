@@ -42,12 +42,13 @@ def set_train_mode(model: TransferModel, plan: EpochPlan) -> None:
 def trainable_param_groups(model: TransferModel, plan: EpochPlan) -> list[dict]:
     """Optimizer param groups for the trainable groups, each named, top -> bottom."""
     modules = group_modules(model)
-    return [{"params": list(modules[g].parameters()), "lr": plan.lr(g), "name": g}
-            for g in plan.trainable_groups()]
+    return [
+        {"params": list(modules[g].parameters()), "lr": plan.lr(g), "name": g}
+        for g in plan.trainable_groups()
+    ]
 
 
-def sync_optimizer(optimizer: torch.optim.Optimizer, model: TransferModel,
-                   plan: EpochPlan) -> None:
+def sync_optimizer(optimizer: torch.optim.Optimizer, model: TransferModel, plan: EpochPlan) -> None:
     """Add newly trainable groups and set each group's base lr for this epoch.
 
     `base_lr` is the plan's rate; the step loop sets `lr = base_lr * scheduler factor`.

@@ -32,22 +32,38 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 class Predictor:
-    def __init__(self, *, model: torch.nn.Module, classes: list[str], image_size: int,
-                 preset: EvalPreset, device: torch.device, batch_size: int = 64):
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        classes: list[str],
+        image_size: int,
+        preset: EvalPreset,
+        device: torch.device,
+        batch_size: int = 64,
+    ):
         self.model, self.classes, self.image_size = model, classes, image_size
         self.preset, self.device, self.batch_size = preset, device, batch_size
 
     @classmethod
     def load(cls, artifact_dir: Path, device: str = "cpu") -> Predictor:
         config, state = load_artifact(artifact_dir)
-        model = build_model(base_model=config["architecture"],
-                            num_classes=config["num_classes"], pretrained=False,
-                            state_dict=state)
+        model = build_model(
+            base_model=config["architecture"],
+            num_classes=config["num_classes"],
+            pretrained=False,
+            state_dict=state,
+        )
         dev = torch.device(device)
         model.to(dev).eval()
         norm = config["normalisation"]
-        return cls(model=model, classes=config["classes"], image_size=config["image_size"],
-                   preset=EvalPreset(mean=norm["mean"], std=norm["std"]), device=dev)
+        return cls(
+            model=model,
+            classes=config["classes"],
+            image_size=config["image_size"],
+            preset=EvalPreset(mean=norm["mean"], std=norm["std"]),
+            device=dev,
+        )
 
     def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N,3,S,S) at image_size -> class probabilities (N, C) on the CPU."""
@@ -67,8 +83,9 @@ class Predictor:
         k = max(1, min(top_k, len(self.classes)))
         scores, idx = probs.topk(k, dim=1)
         out = []
-        for s_row, i_row in zip(scores.tolist(), idx.tolist()):
-            ranked = [{"label": self.classes[i], "score": s} for s, i in zip(s_row, i_row)]
-            out.append({"label": ranked[0]["label"], "score": ranked[0]["score"],
-                        "top_k": ranked})
+        for s_row, i_row in zip(scores.tolist(), idx.tolist(), strict=True):
+            ranked = [
+                {"label": self.classes[i], "score": s} for s, i in zip(s_row, i_row, strict=True)
+            ]
+            out.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
         return out

@@ -78,8 +78,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu" or name.startswith("cuda"):
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise InvalidConfig("device is cuda but no CUDA device is available",
-                                field="device")
+            raise InvalidConfig("device is cuda but no CUDA device is available", field="device")
         return device
     raise InvalidConfig(f"unknown device {name!r}; auto, cpu, cuda or cuda:N", field="device")
 
@@ -104,11 +103,18 @@ def _batches(n: int, size: int, order: torch.Tensor | None = None) -> list[torch
     return parts
 
 
-def fit(*, model: TransferModel, plans: list[EpochPlan], data: ImageData,
-        options: LoopOptions, work_dir: Path, fingerprint: dict | None = None,
-        evaluate_test: bool = True,
-        on_epoch: Callable[[dict], None] = lambda r: None,
-        should_stop: Callable[[], bool] = lambda: False) -> FitResult:
+def fit(
+    *,
+    model: TransferModel,
+    plans: list[EpochPlan],
+    data: ImageData,
+    options: LoopOptions,
+    work_dir: Path,
+    fingerprint: dict | None = None,
+    evaluate_test: bool = True,
+    on_epoch: Callable[[dict], None] = lambda r: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> FitResult:
     """Train `model` in place along `plans`; the best epoch's weights end up in it."""
     o = options
     device = resolve_device(o.device)
@@ -117,11 +123,9 @@ def fit(*, model: TransferModel, plans: list[EpochPlan], data: ImageData,
     model.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)  # faster convs with cuDNN
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda
-           else contextlib.nullcontext())
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     num_blocks = len(model.blocks)
-    train_preset = TrainPreset(mean=o.mean, std=o.std, image_size=o.image_size,
-                               augment=o.augment)
+    train_preset = TrainPreset(mean=o.mean, std=o.std, image_size=o.image_size, augment=o.augment)
     eval_preset = EvalPreset(mean=o.mean, std=o.std)
 
     def check_stop() -> None:
@@ -161,11 +165,14 @@ def fit(*, model: TransferModel, plans: list[EpochPlan], data: ImageData,
         try:
             cached = [extract(s) for s in splits_to_cache]
         except MemoryError as e:
-            log.warning("frozen-feature cache would need %d bytes (limit %d): training "
-                        "without it", e.args[0], o.feature_cache_limit_bytes)
+            log.warning(
+                "frozen-feature cache would need %d bytes (limit %d): training without it",
+                e.args[0],
+                o.feature_cache_limit_bytes,
+            )
             level = -1
     if cached is not None:
-        inputs = [_Inputs(t, s.labels, level) for t, s in zip(cached, splits_to_cache)]
+        inputs = [_Inputs(t, s.labels, level) for t, s in zip(cached, splits_to_cache, strict=True)]
     else:
         inputs = [_Inputs(s.images, s.labels, -1) for s in splits_to_cache]
     train_in, val_in = inputs[0], inputs[1]
@@ -201,8 +208,12 @@ def fit(*, model: TransferModel, plans: list[EpochPlan], data: ImageData,
         raise InvalidConfig("class_weights must be null or 'auto'", field="class_weights")
 
     # ---- optimizer, scheduler, and (maybe) the state to resume from
-    optimizer = create_optimizer(name=o.optimizer, param_groups=trainable_param_groups(
-        model, plans[0]), lr=plans[0].lr("head"), weight_decay=o.weight_decay)
+    optimizer = create_optimizer(
+        name=o.optimizer,
+        param_groups=trainable_param_groups(model, plans[0]),
+        lr=plans[0].lr("head"),
+        weight_decay=o.weight_decay,
+    )
     steps_per_epoch = len(_batches(len(train_in), o.batch_size))
     factor = create_scheduler(name=o.scheduler, total_steps=steps_per_epoch * len(plans))
     # Only groups that train at some point change; the rest is rebuilt identically by the
@@ -211,22 +222,28 @@ def fit(*, model: TransferModel, plans: list[EpochPlan], data: ImageData,
     modules = group_modules(model)
 
     def trainable_state() -> dict[str, torch.Tensor]:
-        return {f"{g}.{k}": v.detach().to("cpu", copy=True)
-                for g in ever for k, v in modules[g].state_dict().items()}
+        return {
+            f"{g}.{k}": v.detach().to("cpu", copy=True)
+            for g in ever
+            for k, v in modules[g].state_dict().items()
+        }
 
     def load_trainable_state(state: dict[str, torch.Tensor]) -> None:
         for g in ever:
             prefix = f"{g}."
             modules[g].load_state_dict(
-                {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
 
-    fingerprint = {"plans": [p.to_dict() for p in plans], "options": asdict(o),
-                   **(fingerprint or {})}
+    fingerprint = {
+        "plans": [p.to_dict() for p in plans],
+        "options": asdict(o),
+        **(fingerprint or {}),
+    }
     path = Path(work_dir) / ckpt.CHECKPOINT_NAME
     state = ckpt.load_checkpoint(path)
     start, step, history = 0, 0, []
-    best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf"),
-            "state": trainable_state()}
+    best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf"), "state": trainable_state()}
     bad_epochs = 0
     if state is not None:
         if state["fingerprint"] != fingerprint:
@@ -240,8 +257,11 @@ def fit(*, model: TransferModel, plans: list[EpochPlan], data: ImageData,
         best, bad_epochs = state["best"], state["bad_epochs"]
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from %s after epoch %d", path, start)
-    stopped = bool(history) and o.early_stopping_patience is not None \
+    stopped = (
+        bool(history)
+        and o.early_stopping_patience is not None
         and bad_epochs >= o.early_stopping_patience
+    )
 
     # ---- epochs
     epoch_seconds = [h["seconds"] for h in history]
@@ -251,8 +271,9 @@ def fit(*, model: TransferModel, plans: list[EpochPlan], data: ImageData,
         apply_plan(model, plan)
         sync_optimizer(optimizer, model, plan)
         set_train_mode(model, plan)
-        order = torch.randperm(len(train_in),
-                               generator=torch.Generator().manual_seed(o.seed * 7919 + epoch))
+        order = torch.randperm(
+            len(train_in), generator=torch.Generator().manual_seed(o.seed * 7919 + epoch)
+        )
         loss_sum, seen = 0.0, 0
         for b in _batches(len(train_in), o.batch_size, order):
             check_stop()
@@ -261,8 +282,9 @@ def fit(*, model: TransferModel, plans: list[EpochPlan], data: ImageData,
             y = to_device(train_in.labels[b])
             with amp:
                 logits = logits_of(train_in, b, train=True)
-            loss = F.cross_entropy(logits.float(), y, weight=weight,
-                                   label_smoothing=o.label_smoothing)
+            loss = F.cross_entropy(
+                logits.float(), y, weight=weight, label_smoothing=o.label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -275,8 +297,12 @@ def fit(*, model: TransferModel, plans: list[EpochPlan], data: ImageData,
         if val_acc > best["val_accuracy"] or (
             val_acc == best["val_accuracy"] and val_loss < best["val_loss"]
         ):
-            best = {"epoch": epoch + 1, "val_accuracy": val_acc, "val_loss": val_loss,
-                    "state": trainable_state()}
+            best = {
+                "epoch": epoch + 1,
+                "val_accuracy": val_acc,
+                "val_loss": val_loss,
+                "state": trainable_state(),
+            }
             bad_epochs = 0
         else:
             bad_epochs += 1
@@ -292,22 +318,36 @@ def fit(*, model: TransferModel, plans: list[EpochPlan], data: ImageData,
             "val_accuracy": val_acc,
             "seconds": seconds,
             "eta_seconds": remaining * sum(epoch_seconds) / len(epoch_seconds),
-            "schedule": [{"group": g.group, "trainable": g.trainable, "lr": g.lr,
-                          "params": count_params(modules[g.group])} for g in plan.groups],
+            "schedule": [
+                {
+                    "group": g.group,
+                    "trainable": g.trainable,
+                    "lr": g.lr,
+                    "params": count_params(modules[g.group]),
+                }
+                for g in plan.groups
+            ],
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
         history.append(report)
-        stopped = o.early_stopping_patience is not None \
-            and bad_epochs >= o.early_stopping_patience
+        stopped = o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
         # Checkpoint before reporting: a crash in between repeats a report (same epoch
         # number, the consumer can dedupe) rather than losing an epoch.
-        ckpt.save_checkpoint(path, {
-            "fingerprint": fingerprint, "epoch": epoch + 1, "step": step,
-            "model": trainable_state(), "optimizer": optimizer.state_dict(),
-            "scheduler": {"name": o.scheduler, "step": step},
-            "best": best, "bad_epochs": bad_epochs, "history": history,
-            "rng": ckpt.rng_state(),
-        })
+        ckpt.save_checkpoint(
+            path,
+            {
+                "fingerprint": fingerprint,
+                "epoch": epoch + 1,
+                "step": step,
+                "model": trainable_state(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": {"name": o.scheduler, "step": step},
+                "best": best,
+                "bad_epochs": bad_epochs,
+                "history": history,
+                "rng": ckpt.rng_state(),
+            },
+        )
         on_epoch(report)
         if stopped:
             log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
@@ -316,7 +356,12 @@ def fit(*, model: TransferModel, plans: list[EpochPlan], data: ImageData,
     load_trainable_state(best["state"])
     val_pred, _ = predict(val_in)
     test_pred = predict(test_in)[0] if test_in is not None else None
-    return FitResult(history=history, best_epoch=best["epoch"],
-                     best_val_accuracy=best["val_accuracy"], best_val_loss=best["val_loss"],
-                     val_pred=val_pred, test_pred=test_pred,
-                     feature_level=level)
+    return FitResult(
+        history=history,
+        best_epoch=best["epoch"],
+        best_val_accuracy=best["val_accuracy"],
+        best_val_loss=best["val_loss"],
+        val_pred=val_pred,
+        test_pred=test_pred,
+        feature_level=level,
+    )

@@ -19,18 +19,21 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "step", "onecycle", "none")
 
 
-def create_optimizer(*, name: str, param_groups: list[dict], lr: float,
-                     weight_decay: float) -> torch.optim.Optimizer:
+def create_optimizer(
+    *, name: str, param_groups: list[dict], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """An optimizer over named param groups (each group may carry its own lr)."""
     if name == "adamw":
         return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(param_groups, lr=lr, momentum=0.9, nesterov=True,
-                               weight_decay=weight_decay)
-    raise InvalidConfig(f"unknown optimizer {name!r}; one of {', '.join(OPTIMIZERS)}",
-                        field="optimizer")
+        return torch.optim.SGD(
+            param_groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+        )
+    raise InvalidConfig(
+        f"unknown optimizer {name!r}; one of {', '.join(OPTIMIZERS)}", field="optimizer"
+    )
 
 
 def create_scheduler(*, name: str, total_steps: int) -> Callable[[int], float]:
@@ -53,5 +56,6 @@ def create_scheduler(*, name: str, total_steps: int) -> Callable[[int], float]:
             return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
         return onecycle
-    raise InvalidConfig(f"unknown scheduler {name!r}; one of {', '.join(SCHEDULERS)}",
-                        field="scheduler")
+    raise InvalidConfig(
+        f"unknown scheduler {name!r}; one of {', '.join(SCHEDULERS)}", field="scheduler"
+    )

@@ -50,9 +50,12 @@ class EpochPlan:
         raise KeyError(group)
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch,
-                "groups": [{"group": g.group, "trainable": g.trainable, "lr": g.lr}
-                           for g in self.groups]}
+        return {
+            "epoch": self.epoch,
+            "groups": [
+                {"group": g.group, "trainable": g.trainable, "lr": g.lr} for g in self.groups
+            ],
+        }
 
 
 def group_names(num_blocks: int) -> list[str]:
@@ -60,9 +63,16 @@ def group_names(num_blocks: int) -> list[str]:
     return ["head", *(f"block{k}" for k in reversed(range(num_blocks))), "stem"]
 
 
-def plan_schedule(*, strategy: str, num_blocks: int, epochs: int, learning_rate: float,
-                  trainable_blocks: int = 0, unfreeze_every: int = 1,
-                  lr_decay: float = 0.5) -> list[EpochPlan]:
+def plan_schedule(
+    *,
+    strategy: str,
+    num_blocks: int,
+    epochs: int,
+    learning_rate: float,
+    trainable_blocks: int = 0,
+    unfreeze_every: int = 1,
+    lr_decay: float = 0.5,
+) -> list[EpochPlan]:
     """One EpochPlan per epoch for a named strategy (SPEC §2).
 
     - full: everything at `learning_rate`.
@@ -76,13 +86,18 @@ def plan_schedule(*, strategy: str, num_blocks: int, epochs: int, learning_rate:
     """
     units = num_blocks + 1
     if strategy not in STRATEGIES:
-        raise InvalidConfig(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}"
-                            " or auto", field="strategy")
+        raise InvalidConfig(
+            f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)} or auto",
+            field="strategy",
+        )
     if epochs < 1:
         raise InvalidConfig("epochs must be at least 1", field="epochs")
     if not 0 <= trainable_blocks <= units:
-        raise InvalidConfig(f"trainable_blocks must be between 0 and {units} for this "
-                            f"model ({num_blocks} blocks + stem)", field="trainable_blocks")
+        raise InvalidConfig(
+            f"trainable_blocks must be between 0 and {units} for this "
+            f"model ({num_blocks} blocks + stem)",
+            field="trainable_blocks",
+        )
     if unfreeze_every < 1:
         raise InvalidConfig("unfreeze_every must be at least 1", field="unfreeze_every")
     if not 0.0 < lr_decay <= 1.0:

@@ -21,21 +21,22 @@ def test_val_is_carved_stratified_and_seeded(digits_small: Path, tmp_path: Path)
     assert torch.bincount(a.val.labels).tolist() == [3] * 10
     b = load_dataset(digits_small, image_size=32, cache_dir=tmp_path, val_fraction=0.25)
     assert torch.equal(a.val.labels, b.val.labels) and torch.equal(a.val.images, b.val.images)
-    c = load_dataset(digits_small, image_size=32, cache_dir=tmp_path, val_fraction=0.25,
-                     seed=1)
+    c = load_dataset(digits_small, image_size=32, cache_dir=tmp_path, val_fraction=0.25, seed=1)
     assert not torch.equal(a.val.images, c.val.images)
     assert a.train.images.dtype == torch.uint8 and a.train.images.shape[1:] == (3, 32, 32)
 
 
 def test_explicit_val_split_is_used(tmp_path: Path) -> None:
-    ds = make_digits_dataset(tmp_path / "ds", train_per_class=3, val_per_class=2,
-                             test_per_class=1, classes=3)
+    ds = make_digits_dataset(
+        tmp_path / "ds", train_per_class=3, val_per_class=2, test_per_class=1, classes=3
+    )
     d = load_dataset(ds, image_size=16, cache_dir=tmp_path / "c")
     assert (len(d.train), len(d.val), len(d.test)) == (9, 6, 3)
 
 
-def test_second_load_reads_the_cache(digits_small: Path, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_load_reads_the_cache(
+    digits_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = load_dataset(digits_small, image_size=24, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("images-*-24.safetensors"))) == 1
     assert not list(tmp_path.glob("*.tmp"))

@@ -16,10 +16,18 @@ from app.training.inference import Predictor, decode_image
 
 
 def test_predictor_round_trip(digits_small: Path, tmp_path: Path) -> None:
-    config = TrainConfig(base_model="tiny_cnn", strategy="full", epochs=2, image_size=32,
-                         learning_rate=0.05, batch_size=16, device="cpu")
-    result = train(config=config, dataset_dir=digits_small, work_dir=tmp_path / "w",
-                   cache_dir=tmp_path / "c")
+    config = TrainConfig(
+        base_model="tiny_cnn",
+        strategy="full",
+        epochs=2,
+        image_size=32,
+        learning_rate=0.05,
+        batch_size=16,
+        device="cpu",
+    )
+    result = train(
+        config=config, dataset_dir=digits_small, work_dir=tmp_path / "w", cache_dir=tmp_path / "c"
+    )
     files = sorted(p.name for p in result.artifact_dir.iterdir())
     assert files == ["config.json", "model.safetensors"]
     meta = json.loads((result.artifact_dir / "config.json").read_text())
@@ -37,7 +45,9 @@ def test_predictor_round_trip(digits_small: Path, tmp_path: Path) -> None:
         scores = [t["score"] for t in p["top_k"]]
         assert scores == sorted(scores, reverse=True)
     # same answers as training's own test evaluation, in input order
-    accuracy = sum(p["label"] == str(s["label"]) for p, s in zip(predictions, tests)) / len(tests)
+    accuracy = sum(
+        p["label"] == str(s["label"]) for p, s in zip(predictions, tests, strict=True)
+    ) / len(tests)
     assert accuracy == pytest.approx(result.metrics["accuracy"])
     reversed_preds = predictor.predict_images(images[::-1])
     assert [p["label"] for p in reversed_preds] == [p["label"] for p in predictions][::-1]

@@ -20,12 +20,22 @@ def without_timing(history: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize("strategy, augment", [("layerwise", True), ("partial", False)])
-def test_resume_matches_uninterrupted_run(strategy: str, augment: bool, digits_small: Path,
-                                          tmp_path: Path) -> None:
-    config = TrainConfig(base_model="tiny_cnn", strategy=strategy, trainable_blocks=2,
-                         epochs=4, learning_rate=0.05, batch_size=16, image_size=32,
-                         augment=augment, early_stopping_patience=None, device="cpu",
-                         seed=7)
+def test_resume_matches_uninterrupted_run(
+    strategy: str, augment: bool, digits_small: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(
+        base_model="tiny_cnn",
+        strategy=strategy,
+        trainable_blocks=2,
+        epochs=4,
+        learning_rate=0.05,
+        batch_size=16,
+        image_size=32,
+        augment=augment,
+        early_stopping_patience=None,
+        device="cpu",
+        seed=7,
+    )
     kw = {"config": config, "dataset_dir": digits_small, "cache_dir": tmp_path / "cache"}
     whole = train(work_dir=tmp_path / "whole", **kw)
 
@@ -35,8 +45,7 @@ def test_resume_matches_uninterrupted_run(strategy: str, augment: bool, digits_s
         stop["now"] = report["epoch"] == 2
 
     with pytest.raises(Cancelled):
-        train(work_dir=tmp_path / "split", on_epoch=on_epoch,
-              should_stop=lambda: stop["now"], **kw)
+        train(work_dir=tmp_path / "split", on_epoch=on_epoch, should_stop=lambda: stop["now"], **kw)
     assert (tmp_path / "split" / "checkpoint.pt").is_file()
     resumed_reports = []
     resumed = train(work_dir=tmp_path / "split", on_epoch=resumed_reports.append, **kw)

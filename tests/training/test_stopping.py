@@ -17,8 +17,9 @@ from app.training.schedule import plan_schedule
 def setup(digits_small: Path, tmp_path: Path, epochs: int, lr: float):  # noqa: ANN201
     data = load_dataset(digits_small, image_size=32, cache_dir=tmp_path / "cache")
     model = build_model(base_model="tiny_cnn", num_classes=10, pretrained=True)
-    plans = plan_schedule(strategy="full", num_blocks=len(model.blocks), epochs=epochs,
-                          learning_rate=lr)
+    plans = plan_schedule(
+        strategy="full", num_blocks=len(model.blocks), epochs=epochs, learning_rate=lr
+    )
     spec = get_base_model("tiny_cnn")
     return data, model, plans, spec
 
@@ -31,11 +32,22 @@ def test_early_stopping_restores_best_epoch(digits_small: Path, tmp_path: Path) 
     def on_epoch(report: dict) -> None:
         states[report["epoch"]] = {k: v.clone() for k, v in model.state_dict().items()}
 
-    result = fit(model=model, plans=plans, data=data, work_dir=tmp_path / "w",
-                 on_epoch=on_epoch,
-                 options=LoopOptions(mean=spec.mean, std=spec.std, image_size=32,
-                                     batch_size=16, optimizer="sgd", scheduler="none",
-                                     early_stopping_patience=2))
+    result = fit(
+        model=model,
+        plans=plans,
+        data=data,
+        work_dir=tmp_path / "w",
+        on_epoch=on_epoch,
+        options=LoopOptions(
+            mean=spec.mean,
+            std=spec.std,
+            image_size=32,
+            batch_size=16,
+            optimizer="sgd",
+            scheduler="none",
+            early_stopping_patience=2,
+        ),
+    )
     h = result.history
     best = max(h, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
     assert result.best_epoch == best["epoch"]
@@ -55,9 +67,13 @@ def test_cancel_stops_within_a_step(digits_small: Path, tmp_path: Path) -> None:
         return calls["n"] == 4
 
     with pytest.raises(Cancelled):
-        fit(model=model, plans=plans, data=data, work_dir=tmp_path / "w",
+        fit(
+            model=model,
+            plans=plans,
+            data=data,
+            work_dir=tmp_path / "w",
             should_stop=should_stop,
-            options=LoopOptions(mean=spec.mean, std=spec.std, image_size=32,
-                                batch_size=16))
+            options=LoopOptions(mean=spec.mean, std=spec.std, image_size=32, batch_size=16),
+        )
     assert calls["n"] == 4  # the loop asked before each step and stopped at the first yes
     assert calls["steps"] == 3

@@ -24,7 +24,8 @@ def test_efficientnet_lite0_imagenet_top5(image: str, expected: str) -> None:
     model.eval()
     spec = get_base_model("efficientnet_lite0")
     x = EvalPreset(mean=spec.mean, std=spec.std)(
-        pil_to_uint8(Image.fromarray(load_sample_image(image)), 224)[None])
+        pil_to_uint8(Image.fromarray(load_sample_image(image)), 224)[None]
+    )
     with torch.inference_mode():
         top5 = model(x)[0].topk(5).indices.tolist()
     names = [imagenet_classes()[i] for i in top5]
@@ -33,8 +34,9 @@ def test_efficientnet_lite0_imagenet_top5(image: str, expected: str) -> None:
 
 def test_list_base_models_reports_presence() -> None:
     models = {m["name"]: m for m in list_base_models()}
-    assert {"efficientnet_lite0", "resnet18", "resnet50", "mobilenet_v3_large",
-            "tiny_cnn"} <= set(models)
+    assert {"efficientnet_lite0", "resnet18", "resnet50", "mobilenet_v3_large", "tiny_cnn"} <= set(
+        models
+    )
     lite0 = models["efficientnet_lite0"]
     assert lite0["weights_present"] is True
     assert lite0["task"] == "image_classification"
@@ -73,10 +75,20 @@ def test_pretrained_false_is_random_init_and_seeded() -> None:
 
 def test_state_dict_continues_and_replaces_head_when_classes_differ() -> None:
     parent = build_model(base_model="tiny_cnn", num_classes=4, pretrained=True, seed=3)
-    same = build_model(base_model="tiny_cnn", num_classes=4, pretrained=True,
-                       state_dict=parent.state_dict(), seed=9)
+    same = build_model(
+        base_model="tiny_cnn",
+        num_classes=4,
+        pretrained=True,
+        state_dict=parent.state_dict(),
+        seed=9,
+    )
     assert torch.equal(same.head.weight, parent.head.weight)
-    other = build_model(base_model="tiny_cnn", num_classes=7, pretrained=True,
-                        state_dict=parent.state_dict(), seed=9)
+    other = build_model(
+        base_model="tiny_cnn",
+        num_classes=7,
+        pretrained=True,
+        state_dict=parent.state_dict(),
+        seed=9,
+    )
     assert other.head.out_features == 7
     assert torch.equal(other.blocks[0][0].weight, parent.blocks[0][0].weight)
