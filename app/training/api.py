@@ -1,0 +1,276 @@
+"""The engine's entry point: `train(config=..., dataset_dir=..., ...)` -> TrainResult.
+
+The worker turns a JobSpec into a TrainConfig and calls `train`; nothing here knows
+about HTTP, Celery or the database. Calling `train` again with the same `work_dir`
+resumes from the last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from app.training import auto
+from app.training.build import (
+    TransferModel,
+    _shape_info,
+    build_model,
+    check_available,
+    get_base_model,
+)
+from app.training.data import load_dataset
+from app.training.errors import InvalidConfig
+from app.training.evaluate import classification_metrics
+from app.training.loop import LoopOptions, fit, resolve_device
+from app.training.optim import OPTIMIZERS, SCHEDULERS
+from app.training.schedule import STRATEGIES, plan_schedule
+
+ARTIFACT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    base_model: str = "efficientnet_lite0"
+    pretrained: bool = True
+    strategy: str = "partial"
+    trainable_blocks: int = 0
+    unfreeze_every: int = 1
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"
+    val_fraction: float = 0.15
+    early_stopping_patience: int | None = 5
+    image_size: int = 224
+    augment: bool = False
+    seed: int = 0
+    device: str = "auto"
+    label_smoothing: float = 0.0
+    class_weights: str | None = None
+    lr_decay: float = 0.5
+    auto_budget_epochs: int = 12
+
+
+@dataclass
+class TrainResult:
+    artifact_dir: Path
+    classes: list[str]
+    metrics: dict  # held-out test split
+    history: list[dict]
+    best_epoch: int
+    leaderboard: list[dict] | None
+    val_metrics: dict
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise InvalidConfig naming the field for values no job could run with."""
+    checks = [
+        (
+            config.strategy in (*STRATEGIES, "auto"),
+            "strategy",
+            f"one of {', '.join((*STRATEGIES, 'auto'))}",
+        ),
+        (config.epochs >= 1, "epochs", "at least 1"),
+        (config.learning_rate > 0, "learning_rate", "positive"),
+        (config.batch_size >= 1, "batch_size", "at least 1"),
+        (config.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
+        (config.weight_decay >= 0, "weight_decay", "non-negative"),
+        (config.scheduler in SCHEDULERS, "scheduler", f"one of {', '.join(SCHEDULERS)}"),
+        (0 < config.val_fraction < 1, "val_fraction", "between 0 and 1"),
+        (
+            config.early_stopping_patience is None or config.early_stopping_patience >= 1,
+            "early_stopping_patience",
+            "null or at least 1",
+        ),
+        (16 <= config.image_size <= 1024, "image_size", "between 16 and 1024"),
+        (config.trainable_blocks >= 0, "trainable_blocks", "non-negative"),
+        (config.unfreeze_every >= 1, "unfreeze_every", "at least 1"),
+        (0 <= config.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+        (config.class_weights in (None, "auto"), "class_weights", "null or 'auto'"),
+        (0 < config.lr_decay <= 1, "lr_decay", "in (0, 1]"),
+        (config.auto_budget_epochs >= 1, "auto_budget_epochs", "at least 1"),
+    ]
+    for ok, field, need in checks:
+        if not ok:
+            raise InvalidConfig(f"{field} must be {need}", field=field)
+    resolve_device(config.device)
+
+
+def train(
+    *,
+    config: TrainConfig,
+    dataset_dir: Path,
+    work_dir: Path,
+    cache_dir: Path,
+    init_state: dict | None = None,
+    on_epoch: Callable[[dict], None] = lambda r: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> TrainResult:
+    """Fine-tune, evaluate on the held-out test split, write work_dir/"model".
+
+    Raises Cancelled when should_stop() turns true, EngineError subclasses for a bad
+    config or dataset. `init_state` is the state dict of a model trained here.
+    """
+    validate_config(config)
+    spec = get_base_model(config.base_model)
+    if init_state is None:
+        check_available(config.base_model, config.pretrained)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(
+        dataset_dir,
+        image_size=config.image_size,
+        cache_dir=cache_dir,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+    )
+    num_blocks = _shape_info(config.base_model)[1]
+    options = LoopOptions(
+        mean=spec.mean,
+        std=spec.std,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        scheduler=config.scheduler,
+        early_stopping_patience=config.early_stopping_patience,
+        augment=config.augment,
+        seed=config.seed,
+        device=config.device,
+        label_smoothing=config.label_smoothing,
+        class_weights=config.class_weights,
+    )
+
+    def make_model() -> TransferModel:
+        return build_model(
+            base_model=config.base_model,
+            num_classes=len(data.classes),
+            pretrained=config.pretrained,
+            state_dict=init_state,
+            seed=config.seed,
+        )
+
+    strategy, trainable_blocks, lr = (
+        config.strategy,
+        config.trainable_blocks,
+        config.learning_rate,
+    )
+    leaderboard = None
+    if config.strategy == "auto":
+        leaderboard = auto.search(
+            make_model=make_model,
+            data=data,
+            options=options,
+            num_blocks=num_blocks,
+            learning_rate=config.learning_rate,
+            lr_decay=config.lr_decay,
+            budget_epochs=config.auto_budget_epochs,
+            work_dir=work_dir / "auto",
+            on_epoch=on_epoch,
+            should_stop=should_stop,
+        )
+        best = leaderboard[0]
+        best["chosen"] = True
+        strategy, trainable_blocks, lr = (
+            best["strategy"],
+            best["trainable_blocks"],
+            best["learning_rate"],
+        )
+
+    plans = plan_schedule(
+        strategy=strategy,
+        num_blocks=num_blocks,
+        epochs=config.epochs,
+        learning_rate=lr,
+        trainable_blocks=trainable_blocks,
+        unfreeze_every=config.unfreeze_every,
+        lr_decay=config.lr_decay,
+    )
+    model = make_model()
+    result = fit(
+        model=model,
+        plans=plans,
+        data=data,
+        options=options,
+        work_dir=work_dir,
+        fingerprint={
+            "config": asdict(config),
+            "strategy": strategy,
+            "init_state": init_state is not None,
+        },
+        on_epoch=on_epoch,
+        should_stop=should_stop,
+    )
+
+    artifact_dir = save_artifact(
+        work_dir / "model",
+        model=model,
+        base_model=config.base_model,
+        classes=data.classes,
+        image_size=config.image_size,
+    )
+    assert result.test_pred is not None
+    return TrainResult(
+        artifact_dir=artifact_dir,
+        classes=data.classes,
+        metrics=classification_metrics(data.test.labels, result.test_pred, data.classes),
+        history=result.history,
+        best_epoch=result.best_epoch,
+        leaderboard=leaderboard,
+        val_metrics=classification_metrics(data.val.labels, result.val_pred, data.classes),
+    )
+
+
+def save_artifact(
+    artifact_dir: Path,
+    *,
+    model: TransferModel,
+    base_model: str,
+    classes: list[str],
+    image_size: int,
+) -> Path:
+    """model.safetensors + config.json: everything inference needs, with no base-weights
+    package. Written to a sibling temp dir then renamed, so a reader never sees half."""
+    spec = get_base_model(base_model)
+    artifact_dir = Path(artifact_dir)
+    tmp = artifact_dir.with_name(artifact_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp / "model.safetensors")
+    (tmp / "config.json").write_text(
+        json.dumps(
+            {
+                "format": ARTIFACT_FORMAT,
+                "task": "image_classification",
+                "architecture": base_model,
+                "base_model": base_model,
+                "num_classes": len(classes),
+                "classes": classes,
+                "image_size": image_size,
+                "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
+            },
+            indent=2,
+        )
+    )
+    if artifact_dir.exists():
+        shutil.rmtree(artifact_dir)
+    os.replace(tmp, artifact_dir)
+    return artifact_dir
+
+
+def load_artifact(artifact_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, state dict) of a model trained here: the `init_state` for a job on
+    `"model:<id>"` (pass config["architecture"] as the job's base_model)."""
+    artifact_dir = Path(artifact_dir)
+    config = json.loads((artifact_dir / "config.json").read_text())
+    return config, load_file(artifact_dir / "model.safetensors")

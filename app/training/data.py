@@ -1,0 +1,171 @@
+"""Load an ingested image dataset: decode once, cache as uint8 tensors, split.
+
+On disk (written by ingestion): `manifest.json` =
+`{"task", "classes", "samples": [{"path", "label", "split"}]}` with paths relative to
+the dataset directory and split in train / val / test. "test" is held out: training
+never sees it. Without "val", a stratified `val_fraction` of train becomes val (seeded).
+
+Decoding is the slow part of a small job, so every image is decoded once per
+(dataset, image_size) into one uint8 tensor file under `cache_dir`; the next job on the
+same data and size reads that file instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from app.training.errors import DatasetError
+from app.training.presets import pil_to_uint8
+
+MIN_PER_CLASS_TRAIN = 2  # one to train on, one for val when val is carved out
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, 3, S, S)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ImageData:
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.train.labels, minlength=len(self.classes)).tolist()
+
+
+def read_manifest(dataset_dir: Path) -> tuple[dict, bytes]:
+    """(parsed manifest, its raw bytes: part of the decode-cache key)."""
+    path = Path(dataset_dir) / "manifest.json"
+    try:
+        raw = path.read_bytes()
+        manifest = json.loads(raw)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read dataset manifest {path}: {e}") from e
+    if manifest.get("task", "image_classification") != "image_classification":
+        raise DatasetError(f"dataset task is {manifest['task']!r}, not image_classification")
+    if len(manifest.get("classes", [])) < 2:
+        raise DatasetError("a classification dataset needs at least 2 classes")
+    return manifest, raw
+
+
+def _decode_all(dataset_dir: Path, samples: list[dict], image_size: int) -> torch.Tensor:
+    out = torch.empty((len(samples), 3, image_size, image_size), dtype=torch.uint8)
+    root = Path(dataset_dir).resolve()
+    for i, sample in enumerate(samples):
+        path = (root / sample["path"]).resolve()
+        if not path.is_relative_to(root):
+            raise DatasetError(f"sample path escapes the dataset directory: {sample['path']}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    out[i] = pil_to_uint8(img, image_size)
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombWarning,
+            Image.DecompressionBombError,
+        ) as e:
+            raise DatasetError(f"cannot decode {sample['path']}: {e}") from e
+    return out
+
+
+def _cached_images(
+    dataset_dir: Path, manifest_bytes: bytes, samples: list[dict], image_size: int, cache_dir: Path
+) -> torch.Tensor:
+    key = hashlib.sha256(
+        str(Path(dataset_dir).resolve()).encode() + b"\0" + manifest_bytes
+    ).hexdigest()[:24]
+    path = Path(cache_dir) / f"images-{key}-{image_size}.safetensors"
+    if path.is_file():
+        return load_file(path)["images"]
+    images = _decode_all(dataset_dir, samples, image_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Concurrent jobs on the same dataset may race here; both write whole files and the
+    # rename is atomic, so a reader never sees a partial cache.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save_file({"images": images}, tmp)
+    os.replace(tmp, path)
+    return images
+
+
+def _stratified_take(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split `indices` into (keep, taken), taking ~fraction of each class (at least one
+    from every class that has two or more samples)."""
+    keep, taken = [], []
+    for c in np.unique(labels[indices]):
+        members = indices[labels[indices] == c]
+        members = members[rng.permutation(len(members))]
+        n = int(round(fraction * len(members)))
+        n = min(max(n, 1 if len(members) >= 2 else 0), len(members) - 1)
+        taken.extend(members[:n])
+        keep.extend(members[n:])
+    return np.sort(np.array(keep, dtype=np.int64)), np.sort(np.array(taken, dtype=np.int64))
+
+
+def load_dataset(
+    dataset_dir: Path,
+    *,
+    image_size: int,
+    cache_dir: Path,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+) -> ImageData:
+    """Decoded (cached) and split dataset; raises DatasetError when unusable."""
+    manifest, manifest_bytes = read_manifest(dataset_dir)
+    classes = [str(c) for c in manifest["classes"]]
+    samples = manifest.get("samples", [])
+    labels = np.array([int(s["label"]) for s in samples], dtype=np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise DatasetError("a sample label is outside the class list")
+    splits = np.array([s.get("split", "train") for s in samples])
+
+    train_idx = np.flatnonzero(splits == "train")
+    test_idx = np.flatnonzero(splits == "test")
+    val_idx = np.flatnonzero(splits == "val")
+    counts = np.bincount(labels[train_idx], minlength=len(classes))
+    if (counts < MIN_PER_CLASS_TRAIN).any():
+        short = [classes[c] for c in np.flatnonzero(counts < MIN_PER_CLASS_TRAIN)]
+        raise DatasetError(
+            f"dataset too small: classes {short} have fewer than {MIN_PER_CLASS_TRAIN} "
+            "training images",
+            code="dataset_too_small",
+        )
+    if len(test_idx) == 0:
+        raise DatasetError("dataset has no held-out test split", code="dataset_too_small")
+    if len(val_idx) == 0:
+        if not 0.0 < val_fraction < 1.0:
+            raise DatasetError("val_fraction must be in (0, 1) when the dataset has no val split")
+        rng = np.random.RandomState(seed)
+        train_idx, val_idx = _stratified_take(train_idx, labels, val_fraction, rng)
+
+    images = _cached_images(dataset_dir, manifest_bytes, samples, image_size, cache_dir)
+    y = torch.from_numpy(labels)
+
+    def split(idx: np.ndarray) -> Split:
+        t = torch.from_numpy(idx)
+        return Split(images=images[t], labels=y[t])
+
+    return ImageData(
+        classes=classes, train=split(train_idx), val=split(val_idx), test=split(test_idx)
+    )

@@ -1,0 +1,66 @@
+"""Apply an EpochPlan to a model and its optimizer.
+
+Frozen groups get requires_grad False *and* eval mode, so their BatchNorm layers keep
+the running statistics they were pretrained with (a frozen block whose BN stats drift on
+a small target set is no longer the pretrained block). Groups that become trainable join
+the optimizer as their own param group with their own learning rate, as Lightning's
+`unfreeze_and_add_param_group` does; groups already there keep their optimizer state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from app.training.build import TransferModel
+from app.training.schedule import EpochPlan
+
+
+def group_modules(model: TransferModel) -> dict[str, nn.Module]:
+    """Group name -> module, top -> bottom (dropout/pool have no parameters)."""
+    groups: dict[str, nn.Module] = {"head": model.head}
+    for k in reversed(range(len(model.blocks))):
+        groups[f"block{k}"] = model.blocks[k]
+    groups["stem"] = model.stem
+    return groups
+
+
+def apply_plan(model: TransferModel, plan: EpochPlan) -> None:
+    """requires_grad per group."""
+    for name, module in group_modules(model).items():
+        module.requires_grad_(plan.trainable(name))
+
+
+def set_train_mode(model: TransferModel, plan: EpochPlan) -> None:
+    """Train mode for trainable groups, eval mode (frozen BN stats) for the rest."""
+    model.train()
+    for name, module in group_modules(model).items():
+        if not plan.trainable(name):
+            module.eval()
+
+
+def trainable_param_groups(model: TransferModel, plan: EpochPlan) -> list[dict]:
+    """Optimizer param groups for the trainable groups, each named, top -> bottom."""
+    modules = group_modules(model)
+    return [
+        {"params": list(modules[g].parameters()), "lr": plan.lr(g), "name": g}
+        for g in plan.trainable_groups()
+    ]
+
+
+def sync_optimizer(optimizer: torch.optim.Optimizer, model: TransferModel, plan: EpochPlan) -> None:
+    """Add newly trainable groups and set each group's base lr for this epoch.
+
+    `base_lr` is the plan's rate; the step loop sets `lr = base_lr * scheduler factor`.
+    """
+    present = {g["name"] for g in optimizer.param_groups}
+    for group in trainable_param_groups(model, plan):
+        if group["name"] not in present:
+            optimizer.add_param_group(group)
+    for group in optimizer.param_groups:
+        group["base_lr"] = plan.lr(group["name"])
+        group["lr"] = group["base_lr"]
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,367 @@
+"""The one training loop. Strategies reach it only as a list of EpochPlans.
+
+Per epoch: apply the plan (freeze/unfreeze, BN modes, new optimizer groups), train,
+validate, keep the best weights (val accuracy, ties broken by lower val loss), write an
+atomic checkpoint, report, and stop early when patience runs out. A checkpoint found in
+`work_dir` at start is resumed; with the same seed the result matches an uninterrupted
+run exactly on the CPU.
+
+Frozen-feature cache: when augmentation is off, the prefix of the network that no epoch
+of the job ever trains (stem + lowest blocks, or the whole backbone for a linear probe)
+runs once per sample per job; training then starts from the cached features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from app.training import checkpoint as ckpt
+from app.training.build import TransferModel
+from app.training.data import ImageData, Split
+from app.training.errors import Cancelled, CheckpointMismatch, InvalidConfig
+from app.training.freeze import (
+    apply_plan,
+    count_params,
+    group_modules,
+    set_train_mode,
+    sync_optimizer,
+    trainable_param_groups,
+)
+from app.training.optim import create_optimizer, create_scheduler
+from app.training.presets import EvalPreset, TrainPreset
+from app.training.schedule import EpochPlan, frozen_level
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopOptions:
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"
+    early_stopping_patience: int | None = 5
+    augment: bool = False
+    seed: int = 0
+    device: str = "auto"
+    label_smoothing: float = 0.0
+    class_weights: str | None = None
+    feature_cache_limit_bytes: int = 2 * 1024**3
+    eval_batch_size: int = 256
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int  # 1-based, as in the reports
+    best_val_accuracy: float
+    best_val_loss: float
+    val_pred: torch.Tensor
+    test_pred: torch.Tensor | None
+    feature_level: int  # -1 when no frozen-feature cache was used
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu" or name.startswith("cuda"):
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidConfig("device is cuda but no CUDA device is available", field="device")
+        return device
+    raise InvalidConfig(f"unknown device {name!r}; auto, cpu, cuda or cuda:N", field="device")
+
+
+class _Inputs:
+    """What the trainable part of the model consumes for one split: raw uint8 images
+    (run through a preset and the full model) or cached features at `level`."""
+
+    def __init__(self, tensor: torch.Tensor, labels: torch.Tensor, level: int):
+        self.tensor, self.labels, self.level = tensor, labels, level
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _batches(n: int, size: int, order: torch.Tensor | None = None) -> list[torch.Tensor]:
+    idx = order if order is not None else torch.arange(n)
+    parts = list(idx.split(size))
+    # A trailing batch of one breaks BatchNorm in train mode; fold it into the previous.
+    if len(parts) > 1 and len(parts[-1]) == 1:
+        parts[-2:] = [torch.cat(parts[-2:])]
+    return parts
+
+
+def fit(
+    *,
+    model: TransferModel,
+    plans: list[EpochPlan],
+    data: ImageData,
+    options: LoopOptions,
+    work_dir: Path,
+    fingerprint: dict | None = None,
+    evaluate_test: bool = True,
+    on_epoch: Callable[[dict], None] = lambda r: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> FitResult:
+    """Train `model` in place along `plans`; the best epoch's weights end up in it."""
+    o = options
+    device = resolve_device(o.device)
+    cuda = device.type == "cuda"
+    ckpt.seed_everything(o.seed)
+    model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)  # faster convs with cuDNN
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    num_blocks = len(model.blocks)
+    train_preset = TrainPreset(mean=o.mean, std=o.std, image_size=o.image_size, augment=o.augment)
+    eval_preset = EvalPreset(mean=o.mean, std=o.std)
+
+    def check_stop() -> None:
+        if should_stop():
+            raise Cancelled("stopped by request")
+
+    def to_device(t: torch.Tensor) -> torch.Tensor:
+        if t.device == device:  # e.g. features cached on the GPU
+            return t
+        if cuda:
+            return t.pin_memory().to(device, non_blocking=True)
+        return t
+
+    # ---- frozen-feature cache
+    level = -1 if o.augment else frozen_level(plans, num_blocks)
+
+    def extract(split: Split) -> torch.Tensor:
+        model.eval()
+        out = []
+        with torch.inference_mode(), amp:
+            for b in _batches(len(split), o.eval_batch_size):
+                check_stop()
+                x = eval_preset(to_device(split.images[b]))
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out.append(model.features_at(x, level).float())
+                if len(out) == 1:  # size known after one batch: bound the memory
+                    total = sum(len(s) for s in splits_to_cache)
+                    need = out[0][0].numel() * out[0].element_size() * total
+                    if need > o.feature_cache_limit_bytes:
+                        raise MemoryError(need)
+        return torch.cat(out).clone()  # clone: out of inference mode, usable in autograd
+
+    splits_to_cache = [data.train, data.val] + ([data.test] if evaluate_test else [])
+    cached: list[torch.Tensor] | None = None
+    if level >= 0:
+        try:
+            cached = [extract(s) for s in splits_to_cache]
+        except MemoryError as e:
+            log.warning(
+                "frozen-feature cache would need %d bytes (limit %d): training without it",
+                e.args[0],
+                o.feature_cache_limit_bytes,
+            )
+            level = -1
+    if cached is not None:
+        inputs = [_Inputs(t, s.labels, level) for t, s in zip(cached, splits_to_cache, strict=True)]
+    else:
+        inputs = [_Inputs(s.images, s.labels, -1) for s in splits_to_cache]
+    train_in, val_in = inputs[0], inputs[1]
+    test_in = inputs[2] if evaluate_test else None
+
+    def logits_of(inp: _Inputs, idx: torch.Tensor, train: bool) -> torch.Tensor:
+        x = to_device(inp.tensor[idx])
+        if inp.level >= 0:
+            return model.forward_from(x, inp.level)
+        x = train_preset(x) if train else eval_preset(x)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return model(x)
+
+    def predict(inp: _Inputs) -> tuple[torch.Tensor, float]:
+        """(predicted classes, mean plain cross-entropy) with the whole model in eval."""
+        model.eval()
+        preds, loss_sum = [], 0.0
+        with torch.inference_mode(), amp:
+            for b in _batches(len(inp), o.eval_batch_size):
+                logits = logits_of(inp, b, train=False).float()
+                y = inp.labels[b].to(device)
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                preds.append(logits.argmax(1).cpu())
+        return torch.cat(preds), loss_sum / max(1, len(inp))
+
+    # ---- loss
+    weight = None
+    if o.class_weights == "auto":
+        counts = torch.bincount(data.train.labels, minlength=len(data.classes)).float()
+        weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
+    elif o.class_weights is not None:
+        raise InvalidConfig("class_weights must be null or 'auto'", field="class_weights")
+
+    # ---- optimizer, scheduler, and (maybe) the state to resume from
+    optimizer = create_optimizer(
+        name=o.optimizer,
+        param_groups=trainable_param_groups(model, plans[0]),
+        lr=plans[0].lr("head"),
+        weight_decay=o.weight_decay,
+    )
+    steps_per_epoch = len(_batches(len(train_in), o.batch_size))
+    factor = create_scheduler(name=o.scheduler, total_steps=steps_per_epoch * len(plans))
+    # Only groups that train at some point change; the rest is rebuilt identically by the
+    # caller on resume, so checkpoints stay small for a linear probe.
+    ever = {g for p in plans for g in p.trainable_groups()}
+    modules = group_modules(model)
+
+    def trainable_state() -> dict[str, torch.Tensor]:
+        return {
+            f"{g}.{k}": v.detach().to("cpu", copy=True)
+            for g in ever
+            for k, v in modules[g].state_dict().items()
+        }
+
+    def load_trainable_state(state: dict[str, torch.Tensor]) -> None:
+        for g in ever:
+            prefix = f"{g}."
+            modules[g].load_state_dict(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+
+    fingerprint = {
+        "plans": [p.to_dict() for p in plans],
+        "options": asdict(o),
+        **(fingerprint or {}),
+    }
+    path = Path(work_dir) / ckpt.CHECKPOINT_NAME
+    state = ckpt.load_checkpoint(path)
+    start, step, history = 0, 0, []
+    best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf"), "state": trainable_state()}
+    bad_epochs = 0
+    if state is not None:
+        if state["fingerprint"] != fingerprint:
+            raise CheckpointMismatch(f"{path} was written by a different job configuration")
+        for plan in plans[: state["epoch"]]:  # re-add groups in the order they joined
+            apply_plan(model, plan)
+            sync_optimizer(optimizer, model, plan)
+        load_trainable_state(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, step, history = state["epoch"], state["step"], state["history"]
+        best, bad_epochs = state["best"], state["bad_epochs"]
+        ckpt.set_rng_state(state["rng"])
+        log.info("resumed from %s after epoch %d", path, start)
+    stopped = (
+        bool(history)
+        and o.early_stopping_patience is not None
+        and bad_epochs >= o.early_stopping_patience
+    )
+
+    # ---- epochs
+    epoch_seconds = [h["seconds"] for h in history]
+    for epoch in range(start, 0 if stopped else len(plans)):
+        t0 = time.perf_counter()
+        plan = plans[epoch]
+        apply_plan(model, plan)
+        sync_optimizer(optimizer, model, plan)
+        set_train_mode(model, plan)
+        order = torch.randperm(
+            len(train_in), generator=torch.Generator().manual_seed(o.seed * 7919 + epoch)
+        )
+        loss_sum, seen = 0.0, 0
+        for b in _batches(len(train_in), o.batch_size, order):
+            check_stop()
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor(step)
+            y = to_device(train_in.labels[b])
+            with amp:
+                logits = logits_of(train_in, b, train=True)
+            loss = F.cross_entropy(
+                logits.float(), y, weight=weight, label_smoothing=o.label_smoothing
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(b)
+            seen += len(b)
+
+        epoch_pred, val_loss = predict(val_in)
+        val_acc = float((epoch_pred == val_in.labels).float().mean())
+        if val_acc > best["val_accuracy"] or (
+            val_acc == best["val_accuracy"] and val_loss < best["val_loss"]
+        ):
+            best = {
+                "epoch": epoch + 1,
+                "val_accuracy": val_acc,
+                "val_loss": val_loss,
+                "state": trainable_state(),
+            }
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+
+        seconds = time.perf_counter() - t0
+        epoch_seconds.append(seconds)
+        remaining = len(plans) - epoch - 1
+        report = {
+            "epoch": epoch + 1,
+            "epochs": len(plans),
+            "train_loss": loss_sum / max(1, seen),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "seconds": seconds,
+            "eta_seconds": remaining * sum(epoch_seconds) / len(epoch_seconds),
+            "schedule": [
+                {
+                    "group": g.group,
+                    "trainable": g.trainable,
+                    "lr": g.lr,
+                    "params": count_params(modules[g.group]),
+                }
+                for g in plan.groups
+            ],
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+        history.append(report)
+        stopped = o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
+        # Checkpoint before reporting: a crash in between repeats a report (same epoch
+        # number, the consumer can dedupe) rather than losing an epoch.
+        ckpt.save_checkpoint(
+            path,
+            {
+                "fingerprint": fingerprint,
+                "epoch": epoch + 1,
+                "step": step,
+                "model": trainable_state(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": {"name": o.scheduler, "step": step},
+                "best": best,
+                "bad_epochs": bad_epochs,
+                "history": history,
+                "rng": ckpt.rng_state(),
+            },
+        )
+        on_epoch(report)
+        if stopped:
+            log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
+            break
+
+    load_trainable_state(best["state"])
+    val_pred, _ = predict(val_in)
+    test_pred = predict(test_in)[0] if test_in is not None else None
+    return FitResult(
+        history=history,
+        best_epoch=best["epoch"],
+        best_val_accuracy=best["val_accuracy"],
+        best_val_loss=best["val_loss"],
+        val_pred=val_pred,
+        test_pred=test_pred,
+        feature_level=level,
+    )

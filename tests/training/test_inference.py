@@ -1,0 +1,84 @@
+"""Predictor round trip from the artifact dir; decode_image refuses bad bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from app.training.api import TrainConfig, train
+from app.training.errors import InvalidInput
+from app.training.inference import Predictor, decode_image
+
+
+def test_predictor_round_trip(digits_small: Path, tmp_path: Path) -> None:
+    config = TrainConfig(
+        base_model="tiny_cnn",
+        strategy="full",
+        epochs=2,
+        image_size=32,
+        learning_rate=0.05,
+        batch_size=16,
+        device="cpu",
+    )
+    result = train(
+        config=config, dataset_dir=digits_small, work_dir=tmp_path / "w", cache_dir=tmp_path / "c"
+    )
+    files = sorted(p.name for p in result.artifact_dir.iterdir())
+    assert files == ["config.json", "model.safetensors"]
+    meta = json.loads((result.artifact_dir / "config.json").read_text())
+    assert meta["classes"] == result.classes and meta["image_size"] == 32
+
+    predictor = Predictor.load(result.artifact_dir)
+    manifest = json.loads((digits_small / "manifest.json").read_text())
+    tests = [s for s in manifest["samples"] if s["split"] == "test"]
+    images = [decode_image((digits_small / s["path"]).read_bytes()) for s in tests]
+    predictions = predictor.predict_images(images, top_k=3)
+    assert len(predictions) == len(images)
+    for p in predictions:
+        assert p["label"] in result.classes and len(p["top_k"]) == 3
+        assert p["top_k"][0] == {"label": p["label"], "score": p["score"]}
+        scores = [t["score"] for t in p["top_k"]]
+        assert scores == sorted(scores, reverse=True)
+    # same answers as training's own test evaluation, in input order
+    accuracy = sum(
+        p["label"] == str(s["label"]) for p, s in zip(predictions, tests, strict=True)
+    ) / len(tests)
+    assert accuracy == pytest.approx(result.metrics["accuracy"])
+    reversed_preds = predictor.predict_images(images[::-1])
+    assert [p["label"] for p in reversed_preds] == [p["label"] for p in predictions][::-1]
+    probs = predictor.predict_tensor(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert probs.shape == (2, 10)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2))
+
+
+def png_bytes(size: tuple[int, int] = (20, 20)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_decode_image_accepts_a_png() -> None:
+    img = decode_image(png_bytes())
+    assert img.mode == "RGB" and img.size == (20, 20)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", png_bytes()[:60]])
+def test_decode_image_rejects_garbage_and_truncated(data: bytes) -> None:
+    with pytest.raises(InvalidInput) as info:
+        decode_image(data)
+    assert info.value.code == "invalid_input"
+
+
+def test_decode_image_rejects_decompression_bombs(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = png_bytes((100, 100))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # 1x-2x over: PIL only warns
+    with pytest.raises(InvalidInput, match="too large"):
+        decode_image(data)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # more than 2x: PIL raises
+    with pytest.raises(InvalidInput, match="too large"):
+        decode_image(data)
