@@ -9,7 +9,8 @@ from app.auth.router import router as admin_router
 from app.auth.service import ensure_admin
 from app.core.config import get_settings
 from app.core.db import get_sessionmaker
-from app.core.errors import ErrorResponse, install_error_handlers
+from app.core.errors import install_error_handlers
+from app.core.schemas import ErrorResponse
 from app.core.health import router as health_router
 from app.core.middleware import BodyLimit, Metrics
 from app.datasets.router import router as datasets_router

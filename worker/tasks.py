@@ -15,6 +15,7 @@ import uuid
 from app.training.api import train
 from app.training.errors import Cancelled, EngineError
 from celery import shared_task
+from celery.signals import worker_shutting_down
 
 from app.core.config import get_settings
 from app.core.db import get_sessionmaker, new_id
@@ -28,6 +29,15 @@ from worker.spec import init_state_for, job_task, train_config
 log = logging.getLogger("finetune.worker")
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+# Set when the worker is asked to stop (SIGTERM): the running job stops at its next step,
+# keeps its last epoch checkpoint, and is handed back for another worker to resume.
+SHUTTING_DOWN = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_) -> None:
+    SHUTTING_DOWN.set()
 
 
 class _Lease:
@@ -73,7 +83,7 @@ class _Lease:
                 log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
 
     def should_stop(self) -> bool:
-        return self.cancel.is_set() or self.lost.is_set()
+        return self.cancel.is_set() or self.lost.is_set() or SHUTTING_DOWN.is_set()
 
 
 @shared_task(name=RUN_JOB, bind=True)
@@ -133,6 +143,11 @@ def execute(*, job_id: str) -> str:
             if lease.lost.is_set():
                 log.warning("job %s: lease lost; another worker owns it now", job_id)
                 return "lease_lost"
+            if SHUTTING_DOWN.is_set() and not lease.cancel.is_set():
+                with Session() as session:
+                    lifecycle.release(session=session, job_id=job_id, worker=WORKER_ID)
+                log.info("job %s: handed back at shutdown; it resumes from its checkpoint", job_id)
+                return "released"
             with Session() as session:
                 lifecycle.finish(
                     session=session, job_id=job_id, worker=WORKER_ID, status="cancelled"

@@ -33,6 +33,9 @@ def _bearer(request: Request) -> str | None:
 
 def current_owner(request: Request, session: SessionDep) -> Owner:
     owner = authenticate(session=session, secret=_bearer(request))
+    # End the read transaction now: on SQLite every transaction holds the write lock
+    # (BEGIN IMMEDIATE), and the route may do slow work (an upload) before its next query.
+    session.commit()
     request.state.owner_id = owner.id
     return owner
 

@@ -84,6 +84,7 @@ def job_events(
     rows = service.events(session=session, owner=owner, job_id=job_id, after=after, limit=limit)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return rows
+    session.close()  # the stream opens a short session per poll; hold no lock meanwhile
     return StreamingResponse(
         _event_stream(owner_id=owner.id, job_id=job_id, after=after),
         media_type="text/event-stream",

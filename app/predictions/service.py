@@ -56,7 +56,7 @@ class Batcher:
             inputs = [x for p in batch for x in p.inputs]
             top_k = max(p.top_k for p in batch)
             try:
-                results = await asyncio.to_thread(self.predictor.predict, inputs, top_k)
+                results = await asyncio.to_thread(self.predictor.predict_images, inputs, top_k)
             except Exception as exc:  # hand the failure to every waiting request
                 for p in batch:
                     if not p.future.done():

@@ -77,6 +77,7 @@ async def predict(
     model_id: str, request: Request, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
 ):
     model = service.get(session=session, owner=owner, model_id=model_id)
+    session.close()  # nothing more to read; hold no transaction while decoding and predicting
     content_type = request.headers.get("content-type", "")
     if model.task == "image_classification":
         if not content_type.startswith("multipart/form-data"):
