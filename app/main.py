@@ -10,9 +10,9 @@ from app.auth.service import ensure_admin
 from app.core.config import get_settings
 from app.core.db import get_sessionmaker
 from app.core.errors import install_error_handlers
-from app.core.schemas import ErrorResponse
 from app.core.health import router as health_router
 from app.core.middleware import BodyLimit, Metrics
+from app.core.schemas import ErrorResponse
 from app.datasets.router import router as datasets_router
 from app.jobs.reconciler import Reconciler
 from app.jobs.router import router as jobs_router

@@ -12,8 +12,6 @@ import threading
 import time
 import uuid
 
-from app.training.api import train
-from app.training.errors import Cancelled, EngineError
 from celery import shared_task
 from celery.signals import worker_shutting_down
 
@@ -23,6 +21,8 @@ from app.jobs import lifecycle
 from app.jobs.models import Job
 from app.registry.models import Model
 from app.storage.local import LocalStorage
+from app.training.api import train
+from app.training.errors import Cancelled, EngineError
 from worker.celery_app import RUN_JOB
 from worker.spec import init_state_for, job_task, train_config
 
