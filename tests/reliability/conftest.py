@@ -51,6 +51,7 @@ class Live:
     def __init__(self, root: Path, mode: str, extra_env: dict | None = None):
         self.root, self.mode = root, mode
         self.data_dir = root / "var"
+        (root / "tmp").mkdir(exist_ok=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")} | {
             "FINETUNE_DATA_DIR": str(self.data_dir),
             "FINETUNE_API_KEY": TEST_KEY,
@@ -58,6 +59,8 @@ class Live:
             # One BLAS thread per process: two workers and the API share 2 cores.
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
+            # Its own temp dir, so a test can see what a request left behind there.
+            "TMPDIR": str(root / "tmp"),
             **(extra_env or {}),
         }
         self.pg_name = None
