@@ -143,6 +143,12 @@ class Live:
                 out.append(f"----- {path.name} (tail) -----\n{path.read_text()[-4000:]}")
         return "\n".join(out)
 
+    def logs_full(self) -> str:
+        """Everything every process of this installation has written so far."""
+        return "\n".join(
+            p.read_text(errors="replace") for p in [self.api_log, *self._worker_logs] if p.exists()
+        )
+
     # ---- HTTP
     def client(self, key: str = TEST_KEY) -> httpx.Client:
         return httpx.Client(
