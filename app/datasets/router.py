@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
-from app.core.deps import CurrentOwner, SessionDep, SettingsDep
+from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
 from app.core.schemas import Page
 from app.datasets import service
 from app.datasets.schemas import DatasetOut, Task
@@ -40,7 +40,7 @@ def list_datasets(
     owner: CurrentOwner,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ):
     rows, total = service.list_(session=session, owner=owner, limit=limit, offset=offset)
     nxt = offset + len(rows) if offset + len(rows) < total else None
