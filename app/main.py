@@ -62,7 +62,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Transfer learning by fine-tuning, as a REST service.",
-        responses={k: {"model": ErrorResponse} for k in (401, 404, 409, 413, 422)},
+        responses={k: {"model": ErrorResponse} for k in (400, 401, 404, 409, 413, 422)},
     )
     install_error_handlers(app)
     for router in (health_router, datasets_router, jobs_router, models_router, admin_router):

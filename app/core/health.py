@@ -42,6 +42,10 @@ def readyz(settings: SettingsDep, response: Response) -> dict:
     return {"status": "ready", "checks": checks}
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

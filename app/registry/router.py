@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query, Request
 
 from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
 from app.core.errors import ApiError, Invalid
-from app.core.schemas import Page
+from app.core.schemas import ErrorResponse, Page
 from app.registry import base_models, service
 from app.registry.schemas import BaseModelOut, ModelOut, PredictResponse
 from app.storage.local import LocalStorage
@@ -71,7 +71,10 @@ def _top_k(value, n_classes: int) -> int:
 
 
 @router.post(
-    "/v1/models/{model_id}/predict", response_model=PredictResponse, openapi_extra=PREDICT_BODY
+    "/v1/models/{model_id}/predict",
+    response_model=PredictResponse,
+    openapi_extra=PREDICT_BODY,
+    responses={415: {"model": ErrorResponse, "description": "wrong content type for the model"}},
 )
 async def predict(
     model_id: str, request: Request, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
