@@ -35,12 +35,14 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def real_ids(embedded: Live, tmp_path_factory) -> dict:
-    """A dataset, a finished job and its model, all the admin's; then no worker, so jobs
-    the fuzzer creates stay queued instead of training with random settings."""
-    embedded.ensure_workers(1)
-    with embedded.client() as admin:
+@pytest.fixture(scope="module", params=["embedded", "dist"])
+def target(request, tmp_path_factory) -> tuple[Live, dict]:
+    """A live installation (SQLite, then PostgreSQL) and real ids on it: a dataset, a
+    finished job and its model, all the admin's. Then no worker, so jobs the fuzzer
+    creates stay queued instead of training with random settings."""
+    live: Live = request.getfixturevalue(request.param)
+    live.ensure_workers(1)
+    with live.client() as admin:
         ds = upload_digits(admin, tmp_path_factory.mktemp("fuzz") / "d.zip", 6, 2)
         job = admin.post(
             "/v1/jobs",
@@ -54,15 +56,18 @@ def real_ids(embedded: Live, tmp_path_factory) -> dict:
         ).json()
         job = poll(admin, job["id"], finished, 60)
         assert job["status"] == "succeeded", job
-    for proc in embedded.workers:
+    for proc in live.workers:
         Live.kill(proc)
-    yield {
-        "dataset_id": ds["id"],
-        "job_id": job["id"],
-        "model_id": job["model_id"],
-        "key_id": "key_nope",
-    }
-    with embedded.client() as admin:  # what the fuzzer queued never runs
+    yield (
+        live,
+        {
+            "dataset_id": ds["id"],
+            "job_id": job["id"],
+            "model_id": job["model_id"],
+            "key_id": "key_nope",
+        },
+    )
+    with live.client() as admin:  # what the fuzzer queued never runs
         for job in admin.get("/v1/jobs", params={"status": "queued", "limit": 500}).json()["items"]:
             admin.post(f"/v1/jobs/{job['id']}/cancel")
 
@@ -107,8 +112,9 @@ def _fuzz(operation, mode: GenerationMode, base_url: str, real_ids: dict, seen: 
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_schema_fuzz_no_5xx_and_responses_conform(embedded: Live, real_ids, mode):
-    schema = schemathesis.openapi.from_url(f"{embedded.base}/openapi.json")
+def test_schema_fuzz_no_5xx_and_responses_conform(target, mode):
+    live, real_ids = target
+    schema = schemathesis.openapi.from_url(f"{live.base}/openapi.json")
     failures: dict[str, str] = {}
     seen: dict[str, Counter] = {}
     for result in schema.get_all_operations():
@@ -117,12 +123,12 @@ def test_schema_fuzz_no_5xx_and_responses_conform(embedded: Live, real_ids, mode
         if mode == GenerationMode.NEGATIVE and not (len(operation.query) or len(operation.body)):
             continue  # a free-form string path id has no invalid form to generate
         try:
-            _fuzz(operation, mode, embedded.base, real_ids, seen[operation.label])
+            _fuzz(operation, mode, live.base, real_ids, seen[operation.label])
         except Unsatisfiable:
             assert mode == GenerationMode.NEGATIVE, operation.label  # nothing there to negate
         except (Exception, BaseExceptionGroup) as exc:  # every operation's failure, then all
             failures[operation.label] = f"{type(exc).__name__}: {exc}"[:3000]
-    print(f"\n[fuzz {mode.value}] status codes per operation:")
+    print(f"\n[fuzz {live.mode} {mode.value}] status codes per operation:")
     for label, statuses in seen.items():
         print(f"  {label:40s} {dict(sorted(statuses.items()))}")
     assert not failures, "\n\n".join(f"{k}\n{v}" for k, v in failures.items())
@@ -131,9 +137,10 @@ def test_schema_fuzz_no_5xx_and_responses_conform(embedded: Live, real_ids, mode
     assert sum(bool(c) for c in seen.values()) >= (19 if mode == GenerationMode.POSITIVE else 8)
 
 
-def test_offsets_past_any_integer_column_are_a_422(embedded: Live):
+def test_offsets_past_any_integer_column_are_a_422(target):
     """Found by the fuzzer: offset=10**22 overflowed SQLite's INTEGER and answered 500."""
-    with embedded.client() as admin:
+    live, _ = target
+    with live.client() as admin:
         for path, param in (
             ("/v1/datasets", "offset"),
             ("/v1/jobs", "offset"),
@@ -162,3 +169,40 @@ def test_an_unexpected_error_is_still_one_json_shape(data_dir):
     assert r.status_code == 500
     assert r.json()["error"]["code"] == "internal_error"
     assert "secret internals" not in r.text
+
+
+def test_nul_bytes_anywhere_are_a_4xx(target):
+    """PostgreSQL refuses NUL in text: it must be the client's 4xx, not a 500 (and not a
+    dropped connection)."""
+    live, real_ids = target
+    ds_id = real_ids["dataset_id"]
+    probes = [
+        ("GET", "/v1/datasets/ds_%00x", {}),
+        ("DELETE", "/v1/datasets/ds_%00x", {}),
+        ("GET", "/v1/jobs/job_%00x", {}),
+        ("POST", "/v1/jobs/job_%00x/cancel", {}),
+        ("GET", "/v1/jobs/job_%00x/events", {}),
+        ("GET", "/v1/models/mdl_%00x", {}),
+        ("POST", "/v1/models/mdl_%00x/predict", {"files": {"files": ("a.png", b"x")}}),
+        ("DELETE", "/v1/admin/keys/key_%00x", {}),
+        ("POST", "/v1/admin/keys", {"json": {"name": "a\u0000b"}}),
+        ("POST", "/v1/jobs", {"json": {"dataset_id": "ds_\u0000", "base_model": "tiny_cnn"}}),
+        ("POST", "/v1/jobs", {"json": {"dataset_id": ds_id, "base_model": "model:mdl_\u0000"}}),
+    ]
+    with live.client() as admin:
+        for method, path, kwargs in probes:
+            r = admin.request(method, path, **kwargs)
+            assert 400 <= r.status_code < 500, (method, path, kwargs, r.text)
+            assert r.json()["error"]["code"], r.text
+        csv = b"x,label\n" + b"".join(b"%d,%s\n" % (i, b"ab"[i % 2 : i % 2 + 1]) for i in range(20))
+        # The dataset form: a NUL in its name is refused, the file itself never stored.
+        r = admin.post(
+            "/v1/datasets",
+            files={"file": ("d.csv", csv)},
+            data={"name": "bad\u0000name"},
+        )
+        assert 400 <= r.status_code < 500, r.text
+        # ...and a NUL in the file's name (the dataset's name when none is given).
+        r = admin.post("/v1/datasets", files={"file": ("d\u0000.csv", csv)})
+        assert r.status_code < 500, r.text
+        assert admin.get("/healthz").status_code == 200
