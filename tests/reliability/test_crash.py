@@ -1,6 +1,8 @@
 """A worker SIGKILLed mid-training: the job is re-delivered, resumes from its last epoch
 checkpoint and ends with one model; a job whose workers keep dying fails instead of looping."""
 
+import os
+import signal
 import time
 
 import pytest
@@ -24,9 +26,12 @@ def _statuses(evs: list[dict]) -> list[str]:
     return [e["data"]["status"] for e in evs if e["type"] == "status"]
 
 
-def _kill_holder(live: Live, client, job_id: str, attempt: int) -> tuple[str, int]:
-    """Wait until attempt `attempt` has reported an epoch, then SIGKILL the worker holding
-    the job. Returns (that worker's id, the last epoch reported before the kill)."""
+def _kill_holder(
+    live: Live, client, job_id: str, attempt: int, sig: int = signal.SIGKILL
+) -> tuple[str, int]:
+    """Wait until attempt `attempt` is running and an epoch is recorded, then signal the
+    worker holding the job (SIGKILL: its whole process group, as the OOM killer or a lost
+    node would). Returns (that worker's id, the last epoch reported before the signal)."""
     poll(
         client,
         job_id,
@@ -40,7 +45,12 @@ def _kill_holder(live: Live, client, job_id: str, attempt: int) -> tuple[str, in
     running = [e for e in evs if e["type"] == "status" and e["data"]["status"] == "running"]
     holder = running[-1]["data"]["worker"]
     assert running[-1]["data"]["attempt"] == attempt
-    Live.kill(live.worker_by_pid(int(holder.split(":")[1])))
+    proc = live.worker_by_pid(int(holder.split(":")[1]))
+    if sig == signal.SIGKILL:
+        Live.kill(proc)
+    else:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
     after_kill = events(client, job_id)
     last_epoch = max(e["data"]["epoch"] for e in after_kill if e["type"] == "epoch")
     return holder, last_epoch
@@ -113,3 +123,41 @@ def test_job_whose_workers_keep_dying_fails_with_too_many_attempts(dist, tmp_pat
     assert job["attempts"] == 2 and job["model_id"] is None
     assert _statuses(events(client, job_id)) == ["queued", "running", "running", "failed"]
     assert client.get("/v1/models").json()["total"] == 0
+
+
+def test_worker_stopped_gracefully_hands_its_job_back_without_using_an_attempt(dist, tmp_path):
+    """SIGTERM (a deploy, a scale-in): the worker stops at the next step, keeps its
+    checkpoint and releases the job; another worker resumes it at once. A hand-back is
+    not a lost worker, so it does not count towards FINETUNE_MAX_ATTEMPTS (2 here): the
+    job still survives a real crash afterwards."""
+    dist.ensure_workers(2)
+    client = dist.new_owner()
+    ds = upload_digits(client, tmp_path / "d.zip", per_class=20, classes=4)
+    epochs = 24
+    job_id = client.post(
+        "/v1/jobs", json={**SLOW_SPEC, "dataset_id": ds["id"], "epochs": epochs}
+    ).json()["id"]
+
+    first, _ = _kill_holder(dist, client, job_id, attempt=1, sig=signal.SIGTERM)
+    t0 = time.monotonic()  # the stopped worker has exited
+    job = poll(client, job_id, lambda j: j["attempts"] == 2 or finished(j), 30, every=0.05)
+    handed_over_s = time.monotonic() - t0
+    evs = events(client, job_id)
+    assert [e["data"]["worker"] for e in evs if e["type"] == "released"] == [first], evs
+    assert job["status"] == "running", job
+
+    # Now a real loss: SIGKILL the second worker, start a fresh one; the job resumes again.
+    _kill_holder(dist, client, job_id, attempt=2)
+    dist.ensure_workers(1)
+    job = poll(client, job_id, finished, 120)
+    assert job["status"] == "succeeded", (job, dist.logs())
+    assert job["attempts"] == 3
+    evs = events(client, job_id)
+    assert _statuses(evs) == ["queued", "running", "running", "running", "succeeded"]
+    epoch_events = [e["data"]["epoch"] for e in evs if e["type"] == "epoch"]
+    assert epoch_events[-1] == epochs and epoch_events.count(1) == 1  # never from scratch
+    assert client.get("/v1/models").json()["total"] == 1
+    print(
+        f"\n[sigterm] job running again on another worker {handed_over_s:.1f}s after the "
+        "stopped one exited"
+    )
