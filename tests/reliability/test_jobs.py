@@ -58,16 +58,20 @@ def test_two_workers_ten_jobs_each_runs_exactly_once(dist, owner):
     assert {m["id"] for m in models["items"]} == {j["model_id"] for j in jobs}
 
 
-def test_api_sigkilled_and_restarted_mid_job_loses_nothing(dist, owner):
-    client, dataset_id = owner
+@pytest.mark.parametrize("mode", ["dist", "embedded"])
+def test_api_sigkilled_and_restarted_mid_job_loses_nothing(request, mode, tmp_path):
+    live: Live = request.getfixturevalue(mode)
+    live.ensure_workers(1)
+    client = live.new_owner()
+    dataset_id = upload_digits(client, tmp_path / "d.zip", per_class=12, classes=4)["id"]
     long = client.post("/v1/jobs", json={**SLOW, "dataset_id": dataset_id, "epochs": 25}).json()
     poll(client, long["id"], lambda j: j["progress"]["epoch"] >= 1, 60, every=0.05)
     # A second job posted just before the kill: committed and sent before the 202.
     short = client.post("/v1/jobs", json={**TINY, "dataset_id": dataset_id}).json()
-    Live.kill(dist.api)
+    Live.kill(live.api)
     with pytest.raises(httpx.TransportError):
         client.get("/healthz")
-    dist.start_api()
+    live.start_api()
 
     for job_id, epochs in ((long["id"], 25), (short["id"], 2)):
         job = poll(client, job_id, finished, 90)
