@@ -2,12 +2,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 from app.core.deps import CurrentOwner, SessionDep, SettingsDep
 from app.core.errors import ApiError, Invalid
 from app.core.schemas import Page
-from app.registry import base_models, service
+from app.jobs.models import Job
+from app.registry import base_models, report, service
 from app.registry.schemas import BaseModelOut, ModelOut, PredictResponse
 from app.storage.local import LocalStorage
 from app.training.errors import EngineError
@@ -108,6 +109,14 @@ async def predict(
     batcher = request.app.state.models.get(model.id, LocalStorage(settings).model_dir(model.id))
     predictions = await batcher.submit(inputs, top_k)
     return {"model_id": model.id, "predictions": predictions}
+
+
+@router.get("/v1/models/{model_id}/report", response_class=HTMLResponse)
+def model_report(model_id: str, owner: CurrentOwner, session: SessionDep):
+    """Training curves, confusion matrix and per-class metrics as an HTML page."""
+    model = service.get(session=session, owner=owner, model_id=model_id)
+    job = session.get(Job, model.job_id)
+    return HTMLResponse(report.render(model=model, history=job.history if job else []))
 
 
 @router.get(

@@ -133,6 +133,10 @@ def test_upload_finetune_poll_predict(service, tmp_path):
     )
     assert hits / len(fresh) >= 0.5, predictions
 
+    page = client.get(f"/v1/models/{model['id']}/report")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<svg" in page.text and "Confusion matrix" in page.text and "digit_9" in page.text
+
     if mode == "embedded":
         _check_exports(client, model["id"], fresh, predictions, tmp_path)
 
