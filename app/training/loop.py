@@ -59,6 +59,7 @@ class LoopOptions:
     class_weights: str | None = None
     feature_cache_limit_bytes: int = 2 * 1024**3
     eval_batch_size: int = 256
+    train_bn: bool = True  # False: BN keeps pretrained statistics (see freeze.py)
 
 
 @dataclass
@@ -270,7 +271,7 @@ def fit(
         plan = plans[epoch]
         apply_plan(model, plan)
         sync_optimizer(optimizer, model, plan)
-        set_train_mode(model, plan)
+        set_train_mode(model, plan, train_bn=o.train_bn)
         order = torch.randperm(
             len(train_in), generator=torch.Generator().manual_seed(o.seed * 7919 + epoch)
         )
