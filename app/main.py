@@ -11,7 +11,7 @@ from app.core.config import get_settings
 from app.core.db import get_sessionmaker
 from app.core.errors import install_error_handlers
 from app.core.health import router as health_router
-from app.core.middleware import BodyLimit, Metrics
+from app.core.middleware import BodyLimit, Metrics, RefuseNulPath
 from app.core.schemas import ErrorResponse
 from app.datasets.router import router as datasets_router
 from app.jobs.reconciler import Reconciler
@@ -62,12 +62,13 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Transfer learning by fine-tuning, as a REST service.",
-        responses={k: {"model": ErrorResponse} for k in (401, 404, 409, 413, 422)},
+        responses={k: {"model": ErrorResponse} for k in (400, 401, 404, 409, 413, 422)},
     )
     install_error_handlers(app)
     for router in (health_router, datasets_router, jobs_router, models_router, admin_router):
         app.include_router(router)
     # Multipart framing adds a little to the file itself.
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 1024 * 1024)
+    app.add_middleware(RefuseNulPath)
     app.add_middleware(Metrics)
     return app

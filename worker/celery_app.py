@@ -57,6 +57,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         # One message at a time per process: a job is long, prefetching would starve others.
         worker_prefetch_multiplier=1,
+        # A broker blip must not kill a healthy job: training needs only the database, whose
+        # lease says who runs it. (Celery 6 flips this default; pinned so it cannot.)
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_soft_time_limit=SOFT_TIME_LIMIT,
         task_time_limit=HARD_TIME_LIMIT,
         # Results live in the database; Celery's result backend is not used.

@@ -1,16 +1,20 @@
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
 from app.auth import service
 from app.core.deps import AdminOwner, SessionDep
+from app.core.schemas import NoNul
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
 class KeyCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200, description="the new owner's name")
+    name: Annotated[str, NoNul] = Field(
+        min_length=1, max_length=200, description="the new owner's name"
+    )
 
 
 class KeyOut(BaseModel):

@@ -3,7 +3,7 @@
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
@@ -23,6 +23,10 @@ def get_session() -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+# Offsets and cursors are bounded by what every backend's integers hold: a larger one
+# would overflow the driver (a 500), so it is a 422 that names the parameter instead.
+MAX_OFFSET = 2**31 - 1
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
 def _bearer(request: Request) -> str | None:

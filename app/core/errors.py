@@ -72,9 +72,18 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse(body, 422)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A bug. Starlette re-raises after this response, so the traceback still reaches
+        # the log; the client gets the one error shape, and no internals.
+        return JSONResponse(
+            error_body("internal_error", "internal server error (a bug; see the server log)"), 500
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {
+            400: "bad_request",  # a body that cannot be parsed (bad JSON bytes, bad multipart)
             404: "not_found",
             405: "method_not_allowed",
             401: "unauthorized",

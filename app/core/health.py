@@ -65,7 +65,11 @@ _registry = CollectorRegistry()
 _registry.register(_JobsCollector())
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 def metrics() -> Response:
     body = generate_latest() + generate_latest(_registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

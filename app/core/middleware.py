@@ -1,4 +1,4 @@
-"""ASGI middleware: request-size limit (before any body is read) and request metrics."""
+"""ASGI middleware: request-size limit (before any body is read), NUL in the path, metrics."""
 
 import json
 import time
@@ -70,6 +70,32 @@ class BodyLimit:
                 await send(message)
 
         await self.app(scope, counting_receive, guarded_send)
+
+
+class RefuseNulPath:
+    """A path with a NUL byte (%00) names nothing; refuse it before any route looks it up
+    (PostgreSQL cannot even compare text that holds one)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or "\x00" not in scope["path"]:
+            return await self.app(scope, receive, send)
+        body = json.dumps(
+            error_body("bad_request", "the request path contains a NUL (0x00) character")
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
 
 class Metrics:

@@ -2,8 +2,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
-from app.core.deps import CurrentOwner, SessionDep, SettingsDep
-from app.core.schemas import Page
+from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
+from app.core.schemas import NoNul, Page
 from app.datasets import service
 from app.datasets.schemas import DatasetOut, Task
 from app.storage.local import LocalStorage
@@ -17,10 +17,10 @@ def create_dataset(
     session: SessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="ZIP/tar of class folders, or a CSV")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    name: Annotated[str | None, Form(max_length=200), NoNul] = None,
     task: Annotated[Task | None, Form()] = None,
-    label_column: Annotated[str, Form(min_length=1, max_length=200)] = "label",
-    text_column: Annotated[str, Form(min_length=1, max_length=200)] = "text",
+    label_column: Annotated[str, Form(min_length=1, max_length=200), NoNul] = "label",
+    text_column: Annotated[str, Form(min_length=1, max_length=200), NoNul] = "text",
 ):
     return service.create(
         session=session,
@@ -40,7 +40,7 @@ def list_datasets(
     owner: CurrentOwner,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ):
     rows, total = service.list_(session=session, owner=owner, limit=limit, offset=offset)
     nxt = offset + len(rows) if offset + len(rows) < total else None

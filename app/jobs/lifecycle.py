@@ -7,11 +7,11 @@ workers that got the same message can never both run or both finish one job.
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
-from app.jobs.models import Job
+from app.jobs.models import Job, JobEvent
 from app.jobs.service import add_event
 from app.registry.models import Model
 
@@ -44,11 +44,19 @@ def claim(
         add_event(session, job.id, "status", status="cancelled")
         session.commit()
         return None
-    if job.attempts >= max_attempts:
+    # Every earlier run was either handed back at shutdown (a "released" event) or lost;
+    # only lost workers count against max_attempts.
+    released = session.scalar(
+        select(func.count())
+        .select_from(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.type == "released")
+    )
+    lost = job.attempts - (released or 0)
+    if lost >= max_attempts:
         job.status, job.finished_at = "failed", now
         job.error = {
             "code": "too_many_attempts",
-            "message": f"the job's worker was lost {job.attempts} times; giving up",
+            "message": f"the job's worker was lost {lost} times; giving up",
         }
         job.lease_owner = job.lease_expires_at = None
         add_event(session, job.id, "status", status="failed", error=job.error)
@@ -161,10 +169,13 @@ def finish(
 
 
 def release(*, session: Session, job_id: str, worker: str) -> None:
-    """Give the job back (worker shutting down): another worker may take it at once."""
-    session.execute(
+    """Give the job back (worker shutting down): another worker may take it at once, and
+    the hand-back does not count as a lost worker."""
+    released = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == worker, Job.status == "running")
         .values(lease_expires_at=utcnow(), enqueued_at=None)
-    )
+    ).rowcount
+    if released:
+        add_event(session, job_id, "released", worker=worker)
     session.commit()

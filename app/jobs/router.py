@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from app.core.db import get_sessionmaker
-from app.core.deps import CurrentOwner, SessionDep
+from app.core.deps import CurrentOwner, Offset, SessionDep
 from app.core.schemas import Page
 from app.jobs import service
 from app.jobs.schemas import JobEventOut, JobOut, JobSpec
@@ -49,7 +49,7 @@ def list_jobs(
     session: SessionDep,
     status: Annotated[JobStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ):
     rows, total = service.list_(
         session=session, owner=owner, status=status, limit=limit, offset=offset
@@ -78,7 +78,7 @@ def job_events(
     owner: CurrentOwner,
     session: SessionDep,
     request: Request,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ):
     rows = service.events(session=session, owner=owner, job_id=job_id, after=after, limit=limit)

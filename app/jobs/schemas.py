@@ -1,7 +1,9 @@
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.core.schemas import NoNul
 
 Strategy = Literal["full", "partial", "layerwise", "progressive", "auto"]
 
@@ -11,8 +13,8 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: str = Field(min_length=1, max_length=64)
-    base_model: str = Field(
+    dataset_id: Annotated[str, NoNul] = Field(min_length=1, max_length=64)
+    base_model: Annotated[str, NoNul] = Field(
         min_length=1, max_length=200, description="a name from GET /v1/base-models, or model:<id>"
     )
     pretrained: bool = True

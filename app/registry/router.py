@@ -4,9 +4,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
-from app.core.deps import CurrentOwner, SessionDep, SettingsDep
+from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
 from app.core.errors import ApiError, Invalid
-from app.core.schemas import Page
+from app.core.schemas import ErrorResponse, Page
 from app.jobs.models import Job
 from app.registry import base_models, report, service
 from app.registry.schemas import BaseModelOut, ModelOut, PredictResponse
@@ -52,7 +52,7 @@ def list_models(
     owner: CurrentOwner,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ):
     rows, total = service.list_(session=session, owner=owner, limit=limit, offset=offset)
     nxt = offset + len(rows) if offset + len(rows) < total else None
@@ -75,7 +75,10 @@ def _top_k(value, n_classes: int) -> int:
 
 
 @router.post(
-    "/v1/models/{model_id}/predict", response_model=PredictResponse, openapi_extra=PREDICT_BODY
+    "/v1/models/{model_id}/predict",
+    response_model=PredictResponse,
+    openapi_extra=PREDICT_BODY,
+    responses={415: {"model": ErrorResponse, "description": "wrong content type for the model"}},
 )
 async def predict(
     model_id: str, request: Request, owner: CurrentOwner, session: SessionDep, settings: SettingsDep

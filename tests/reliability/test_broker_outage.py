@@ -1,0 +1,131 @@
+"""The broker goes away: a job posted meanwhile is still accepted (it lives in the
+database), and once a broker is back the reconciler sends it and it runs, once.
+
+A private redis-server (no persistence, like a cache restarted empty) so the shared one
+on 6379 is never disturbed.
+"""
+
+import subprocess
+import time
+
+import httpx
+import pytest
+import redis
+
+from tests.helpers import free_port
+from tests.reliability.conftest import FAST_LEASES, Live, events, finished, poll, upload_digits
+
+
+def _redis(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        try:
+            if redis.Redis(port=port, socket_timeout=1).ping():
+                return proc
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    raise TimeoutError("redis-server did not start")
+
+
+@pytest.fixture(scope="module")
+def outage(tmp_path_factory):
+    port = free_port()
+    server = _redis(port)
+    live = Live(tmp_path_factory.mktemp("outage"), "redis+postgres", FAST_LEASES)
+    live.env["FINETUNE_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
+    state = {"server": server, "port": port}
+    try:
+        live.start_api()
+        live.ensure_workers(1)
+        yield live, state
+    finally:
+        live.close()
+        Live.kill(state["server"])
+        print(live.logs())
+
+
+def test_job_posted_while_the_broker_is_down_runs_when_it_is_back(outage, tmp_path):
+    live, state = outage
+    client = live.new_owner()
+    ds = upload_digits(client, tmp_path / "d.zip", per_class=6, classes=2)
+    spec = {
+        "dataset_id": ds["id"],
+        "base_model": "tiny_cnn",
+        "strategy": "full",
+        "epochs": 2,
+        "image_size": 32,
+    }
+
+    Live.kill(state["server"])
+    t0 = time.monotonic()
+    r = client.post("/v1/jobs", json=spec)
+    post_s = time.monotonic() - t0
+    assert r.status_code == 202 and r.json()["status"] == "queued", r.text
+    job_id = r.json()["id"]
+    ready = httpx.get(f"{live.base}/readyz", timeout=30)
+    assert ready.status_code == 503 and ready.json()["checks"]["broker"].startswith("error")
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    # The API stays responsive without a broker: the failed send costs the POST little.
+    assert post_s < 10, post_s
+
+    state["server"] = _redis(state["port"])  # back, and empty
+    t0 = time.monotonic()
+    job = poll(client, job_id, finished, 90)
+    recovered_s = time.monotonic() - t0
+    assert job["status"] == "succeeded" and job["attempts"] == 1, (job, live.logs())
+    statuses = [e["data"]["status"] for e in events(client, job_id) if e["type"] == "status"]
+    assert statuses == ["queued", "running", "succeeded"]
+    assert httpx.get(f"{live.base}/readyz", timeout=30).status_code == 200
+    print(
+        f"\n[broker outage] POST answered in {post_s:.2f}s with the broker down; "
+        f"job succeeded {recovered_s:.1f}s after the broker came back"
+    )
+
+
+def test_broker_lost_mid_job_the_job_finishes_once_and_the_worker_reconnects(outage, tmp_path):
+    """The worker needs the database, not the broker, to train: a broker restart under a
+    running job neither stops it nor runs it twice, and the worker takes new work after."""
+    live, state = outage
+    client = live.new_owner()
+    ds = upload_digits(client, tmp_path / "d.zip", per_class=20, classes=4)
+    spec = {
+        "dataset_id": ds["id"],
+        "base_model": "tiny_cnn",
+        "strategy": "full",
+        "epochs": 20,
+        "image_size": 96,
+        "early_stopping_patience": None,
+    }
+    job_id = client.post("/v1/jobs", json=spec).json()["id"]
+    poll(client, job_id, lambda j: j["progress"]["epoch"] >= 1, 60, every=0.05)
+    Live.kill(state["server"])
+    time.sleep(2)
+    state["server"] = _redis(state["port"])
+
+    job = poll(client, job_id, finished, 90)
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    assert [h["epoch"] for h in job["history"]] == list(range(1, 21))
+    # The worker is back on the new broker: a new job runs.
+    second = client.post("/v1/jobs", json={**spec, "epochs": 1, "image_size": 32}).json()
+    second = poll(client, second["id"], finished, 90)
+    assert second["status"] == "succeeded", (second, live.logs())
+    time.sleep(2)  # a duplicate message, had there been one, would show as a second run
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["attempts"] == 1
+    assert client.get("/v1/models").json()["total"] == 2
