@@ -1,6 +1,7 @@
 """Alembic environment: reads the same settings as the service."""
 
 from alembic import context
+
 from app.core.config import get_settings
 from app.core.db import make_engine
 from app.core.tables import Base

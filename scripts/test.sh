@@ -7,5 +7,5 @@ scripts/bootstrap.sh test
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 FINETUNE_DATA_DIR="$scratch" .venv/bin/finetune db upgrade
-.venv/bin/ruff check app worker tests bench
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

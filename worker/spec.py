@@ -3,14 +3,14 @@
 import dataclasses
 import json
 
-from app.training.api import TrainConfig
-from app.training.errors import EngineError
 from safetensors.torch import load_file
 from sqlalchemy.orm import Session
 
 from app.datasets.models import Dataset
 from app.registry.models import Model
 from app.storage.local import LocalStorage
+from app.training.api import TrainConfig
+from app.training.errors import EngineError
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 

@@ -1,12 +1,15 @@
 import time
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select, text
 
-from app.core.db import get_engine
+from app.core.db import get_engine, get_sessionmaker
 from app.core.deps import SettingsDep
 from app.core.errors import error_body
+from app.jobs.models import Job
 from worker.celery_app import get_celery
 
 router = APIRouter(tags=["health"])
@@ -42,10 +45,31 @@ def readyz(settings: SettingsDep, response: Response) -> dict:
     return {"status": "ready", "checks": checks}
 
 
+class _JobsCollector(Collector):
+    """Jobs by status, read from the database at scrape time (true across API replicas)."""
+
+    def describe(self):
+        return []  # so registering does not query the database at import
+
+    def collect(self):
+        gauge = GaugeMetricFamily("finetune_jobs", "Jobs by status", labels=["status"])
+        with get_sessionmaker()() as session:
+            rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+        counts = {status: n for status, n in rows}
+        for status in ("queued", "running", "succeeded", "failed", "cancelled"):
+            gauge.add_metric([status], counts.get(status, 0))
+        yield gauge
+
+
+_registry = CollectorRegistry()
+_registry.register(_JobsCollector())
+
+
 @router.get(
     "/metrics",
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
 def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest() + generate_latest(_registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,14 +1,18 @@
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse
 
 from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
 from app.core.errors import ApiError, Invalid
 from app.core.schemas import ErrorResponse, Page
-from app.registry import base_models, service
+from app.jobs.models import Job
+from app.registry import base_models, report, service
 from app.registry.schemas import BaseModelOut, ModelOut, PredictResponse
 from app.storage.local import LocalStorage
 from app.training.errors import EngineError
+from app.training.export import export
 from app.training.inference import decode_image
 
 router = APIRouter(tags=["models"])
@@ -108,6 +112,37 @@ async def predict(
     batcher = request.app.state.models.get(model.id, LocalStorage(settings).model_dir(model.id))
     predictions = await batcher.submit(inputs, top_k)
     return {"model_id": model.id, "predictions": predictions}
+
+
+@router.get("/v1/models/{model_id}/report", response_class=HTMLResponse)
+def model_report(model_id: str, owner: CurrentOwner, session: SessionDep):
+    """Training curves, confusion matrix and per-class metrics as an HTML page."""
+    model = service.get(session=session, owner=owner, model_id=model_id)
+    job = session.get(Job, model.job_id)
+    return HTMLResponse(report.render(model=model, history=job.history if job else []))
+
+
+@router.get(
+    "/v1/models/{model_id}/export",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def export_model(
+    model_id: str,
+    owner: CurrentOwner,
+    session: SessionDep,
+    settings: SettingsDep,
+    format: Annotated[Literal["safetensors", "torchscript", "onnx"], Query()] = "safetensors",
+):
+    """The model as safetensors (state dict), TorchScript or ONNX (inputs in [0, 1])."""
+    model = service.get(session=session, owner=owner, model_id=model_id)
+    session.close()
+    path = export(LocalStorage(settings).model_dir(model.id), format)
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{model.id}{Path(path).suffix if format != 'torchscript' else '.pt'}",
+    )
 
 
 @router.get("/v1/base-models", response_model=list[BaseModelOut], tags=["base-models"])

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from app.training.build import (
 from app.training.data import load_dataset
 from app.training.errors import InvalidConfig
 from app.training.evaluate import classification_metrics
+from app.training.freeze import default_train_bn
 from app.training.loop import LoopOptions, fit, resolve_device
 from app.training.optim import OPTIMIZERS, SCHEDULERS
 from app.training.schedule import STRATEGIES, plan_schedule
@@ -164,10 +165,13 @@ def train(
         config.trainable_blocks,
         config.learning_rate,
     )
+    # A model trained here starts from learned statistics just like base weights do.
+    has_weights = config.pretrained or init_state is not None
     leaderboard = None
     if config.strategy == "auto":
         leaderboard = auto.search(
             make_model=make_model,
+            pretrained=has_weights,
             data=data,
             options=options,
             num_blocks=num_blocks,
@@ -200,7 +204,9 @@ def train(
         model=model,
         plans=plans,
         data=data,
-        options=options,
+        options=replace(
+            options, train_bn=default_train_bn(strategy=strategy, pretrained=has_weights)
+        ),
         work_dir=work_dir,
         fingerprint={
             "config": asdict(config),

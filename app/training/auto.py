@@ -19,6 +19,7 @@ from pathlib import Path
 
 from app.training.build import TransferModel
 from app.training.data import ImageData
+from app.training.freeze import default_train_bn
 from app.training.loop import LoopOptions, fit
 from app.training.schedule import plan_schedule
 
@@ -40,6 +41,7 @@ def _rank(entry: dict) -> tuple[float, float]:
 def search(
     *,
     make_model: Callable[[], TransferModel],
+    pretrained: bool,
     data: ImageData,
     options: LoopOptions,
     num_blocks: int,
@@ -80,7 +82,11 @@ def search(
                 model=make_model(),
                 plans=plans,
                 data=data,
-                options=replace(options, early_stopping_patience=None),
+                options=replace(
+                    options,
+                    early_stopping_patience=None,
+                    train_bn=default_train_bn(strategy=cand["strategy"], pretrained=pretrained),
+                ),
                 work_dir=cand_dir,
                 fingerprint={"candidate": cand},
                 evaluate_test=False,

@@ -31,12 +31,34 @@ def apply_plan(model: TransferModel, plan: EpochPlan) -> None:
         module.requires_grad_(plan.trainable(name))
 
 
-def set_train_mode(model: TransferModel, plan: EpochPlan) -> None:
-    """Train mode for trainable groups, eval mode (frozen BN stats) for the rest."""
+def set_train_mode(model: TransferModel, plan: EpochPlan, *, train_bn: bool = True) -> None:
+    """Train mode for trainable groups, eval mode (frozen BN stats) for the rest.
+
+    With `train_bn=False`, BatchNorm layers stay in eval mode even in trainable groups:
+    their scale and shift still learn, but they normalise with the pretrained running
+    statistics. On a small target set this avoids the train/eval mismatch of statistics
+    estimated from a handful of batches (the advice in Keras' transfer-learning guide).
+    """
     model.train()
     for name, module in group_modules(model).items():
         if not plan.trainable(name):
             module.eval()
+        elif not train_bn:
+            for m in module.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+
+def default_train_bn(*, strategy: str, pretrained: bool) -> bool:
+    """Whether BatchNorm layers in trainable groups update their statistics.
+
+    Measured on 10 digits per class with EfficientNet-Lite0 (bench/transfer.py setup):
+    gradual strategies on pretrained weights do far better with the pretrained
+    statistics kept (layerwise 0.72 -> 0.92, progressive 0.71 -> 0.84 test accuracy),
+    while `full` needs batch statistics to stay stable (0.86 with, 0.17 without), and a
+    randomly initialised network has no statistics worth keeping.
+    """
+    return strategy == "full" or not pretrained
 
 
 def trainable_param_groups(model: TransferModel, plan: EpochPlan) -> list[dict]:

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from app.training import checkpoint as ckpt
 from app.training.build import TransferModel
-from app.training.data import ImageData, Split
+from app.training.data import ImageData
 from app.training.errors import Cancelled, CheckpointMismatch, InvalidConfig
+from app.training.features import cache_features
 from app.training.freeze import (
     apply_plan,
     count_params,
@@ -59,6 +60,7 @@ class LoopOptions:
     class_weights: str | None = None
     feature_cache_limit_bytes: int = 2 * 1024**3
     eval_batch_size: int = 256
+    train_bn: bool = True  # False: BN keeps pretrained statistics (see freeze.py)
 
 
 @dataclass
@@ -139,42 +141,28 @@ def fit(
             return t.pin_memory().to(device, non_blocking=True)
         return t
 
-    # ---- frozen-feature cache
+    # ---- frozen-feature cache (features.py), else raw images through the whole model
     level = -1 if o.augment else frozen_level(plans, num_blocks)
-
-    def extract(split: Split) -> torch.Tensor:
-        model.eval()
-        out = []
-        with torch.inference_mode(), amp:
-            for b in _batches(len(split), o.eval_batch_size):
-                check_stop()
-                x = eval_preset(to_device(split.images[b]))
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                out.append(model.features_at(x, level).float())
-                if len(out) == 1:  # size known after one batch: bound the memory
-                    total = sum(len(s) for s in splits_to_cache)
-                    need = out[0][0].numel() * out[0].element_size() * total
-                    if need > o.feature_cache_limit_bytes:
-                        raise MemoryError(need)
-        return torch.cat(out).clone()  # clone: out of inference mode, usable in autograd
-
-    splits_to_cache = [data.train, data.val] + ([data.test] if evaluate_test else [])
-    cached: list[torch.Tensor] | None = None
+    splits = [data.train, data.val] + ([data.test] if evaluate_test else [])
+    cached = None
     if level >= 0:
-        try:
-            cached = [extract(s) for s in splits_to_cache]
-        except MemoryError as e:
-            log.warning(
-                "frozen-feature cache would need %d bytes (limit %d): training without it",
-                e.args[0],
-                o.feature_cache_limit_bytes,
-            )
-            level = -1
-    if cached is not None:
-        inputs = [_Inputs(t, s.labels, level) for t, s in zip(cached, splits_to_cache, strict=True)]
+        cached = cache_features(
+            model=model,
+            splits=[s.images for s in splits],
+            level=level,
+            preset=eval_preset,
+            to_device=to_device,
+            batch_size=o.eval_batch_size,
+            limit_bytes=o.feature_cache_limit_bytes,
+            check_stop=check_stop,
+            amp=amp,
+            channels_last=cuda,
+        )
+    if cached is None:
+        level = -1
+        inputs = [_Inputs(s.images, s.labels, -1) for s in splits]
     else:
-        inputs = [_Inputs(s.images, s.labels, -1) for s in splits_to_cache]
+        inputs = [_Inputs(t, s.labels, level) for t, s in zip(cached, splits, strict=True)]
     train_in, val_in = inputs[0], inputs[1]
     test_in = inputs[2] if evaluate_test else None
 
@@ -270,7 +258,7 @@ def fit(
         plan = plans[epoch]
         apply_plan(model, plan)
         sync_optimizer(optimizer, model, plan)
-        set_train_mode(model, plan)
+        set_train_mode(model, plan, train_bn=o.train_bn)
         order = torch.randperm(
             len(train_in), generator=torch.Generator().manual_seed(o.seed * 7919 + epoch)
         )

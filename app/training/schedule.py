@@ -79,10 +79,11 @@ def plan_schedule(
     - partial: head + top `trainable_blocks` units (0 = linear probe).
     - layerwise: head only, then one more unit from the top every `unfreeze_every`
       epochs, all at `learning_rate` (gradual unfreezing).
-    - progressive: head + top block first at PROGRESSIVE_START_SCALE x the rate, one more
-      unit every `unfreeze_every` epochs while the rate climbs geometrically back to
-      `learning_rate` by the last stage; unit d below the head gets `lr_decay**d` of it
-      (discriminative, layer-wise decay).
+    - progressive: the head (at `learning_rate`) and the top block, which starts at
+      PROGRESSIVE_START_SCALE x the rate; one more unit every `unfreeze_every` epochs
+      while the backbone's rate climbs geometrically back to `learning_rate` by the last
+      stage; the unit d below the top gets `lr_decay**d` of it (discriminative,
+      layer-wise decay).
     """
     units = num_blocks + 1
     if strategy not in STRATEGIES:
@@ -118,7 +119,10 @@ def plan_schedule(
             open_units = min(stage + 1, units)
             progress = stage / (stages - 1) if stages > 1 else 1.0
             scale = PROGRESSIVE_START_SCALE ** (1.0 - progress)
-            lrs = [learning_rate * scale * lr_decay**depth for depth in range(units + 1)]
+            # The new head always learns at the full rate; the pretrained units start low.
+            lrs = [learning_rate] + [
+                learning_rate * scale * lr_decay ** (depth - 1) for depth in range(1, units + 1)
+            ]
         groups = tuple(
             GroupPlan(group=name, trainable=depth <= open_units, lr=lrs[depth])
             for depth, name in enumerate(names)

@@ -31,7 +31,9 @@ def test_health_ready_metrics(api):
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
-    assert "finetune_http_requests_total" in api.get("/metrics").text
+    text = api.get("/metrics").text
+    assert "finetune_http_requests_total" in text
+    assert 'finetune_jobs{status="queued"} 0.0' in text
 
 
 def test_auth_missing_wrong_and_revoked_keys_get_the_same_401(api):

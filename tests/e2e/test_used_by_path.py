@@ -133,6 +133,13 @@ def test_upload_finetune_poll_predict(service, tmp_path):
     )
     assert hits / len(fresh) >= 0.5, predictions
 
+    page = client.get(f"/v1/models/{model['id']}/report")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<svg" in page.text and "Confusion matrix" in page.text and "digit_9" in page.text
+
+    if mode == "embedded":
+        _check_exports(client, model["id"], fresh, predictions, tmp_path)
+
     # Another owner sees none of it: 404, not 403.
     other = client.post("/v1/admin/keys", json={"name": "someone-else"}).json()["key"]
     stranger = httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {other}"})
@@ -147,3 +154,30 @@ def test_upload_finetune_poll_predict(service, tmp_path):
         f"\n[e2e {mode}] test accuracy {metrics['accuracy']:.3f}, macro F1 "
         f"{metrics['macro_f1']:.3f}, {epochs_run} epochs, {time.monotonic() - t0:.1f}s"
     )
+
+
+def _check_exports(client, model_id, images, predictions, tmp_path):
+    """Exports load outside the service and agree with predict."""
+    import numpy as np
+    import onnx
+    import torch
+    from safetensors.torch import load_file
+
+    for fmt in ("safetensors", "torchscript", "onnx"):
+        r = client.get(f"/v1/models/{model_id}/export", params={"format": fmt})
+        assert r.status_code == 200, r.text
+        (tmp_path / fmt).write_bytes(r.content)
+    assert any(k.endswith("weight") for k in load_file(str(tmp_path / "safetensors")))
+    onnx.checker.check_model(onnx.load(str(tmp_path / "onnx")))
+    scripted = torch.jit.load(str(tmp_path / "torchscript"))
+    batch = torch.stack(
+        [
+            torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
+            for _, img in images
+        ]
+    )
+    probs = scripted(batch)
+    for row, pred in zip(probs, predictions, strict=True):
+        assert abs(float(row.max()) - pred["score"]) < 1e-3
+    bad = client.get(f"/v1/models/{model_id}/export", params={"format": "pickle"})
+    assert bad.status_code == 422 and "format" in bad.json()["error"]["message"]

@@ -41,13 +41,14 @@ def test_progressive_starts_low_restores_rate_and_decays_downwards() -> None:
         strategy="progressive", num_blocks=3, epochs=4, learning_rate=0.1, lr_decay=0.5
     )
     assert [len(trainable(p)) for p in plans] == [2, 3, 4, 5]
-    assert plans[0].lr("head") == pytest.approx(0.01)  # much reduced at first
-    assert plans[-1].lr("head") == pytest.approx(0.1)  # restored by the end
-    heads = [p.lr("head") for p in plans]
-    assert heads == sorted(heads)
+    assert all(p.lr("head") == pytest.approx(0.1) for p in plans)  # the new head: full
+    assert plans[0].lr("block2") == pytest.approx(0.01)  # much reduced at first
+    assert plans[-1].lr("block2") == pytest.approx(0.1)  # restored by the end
+    tops = [p.lr("block2") for p in plans]
+    assert tops == sorted(tops)
     last = plans[-1]
-    assert last.lr("block2") == pytest.approx(0.05)
-    assert last.lr("block0") == pytest.approx(0.1 * 0.5**3)
+    assert last.lr("block1") == pytest.approx(0.05)
+    assert last.lr("stem") == pytest.approx(0.1 * 0.5**3)
 
 
 def test_frozen_level() -> None:

@@ -103,3 +103,30 @@ def test_strategy_trains_what_the_plan_says(
         assert lrs[epoch] == pytest.approx(expected)
         # groups that joined keep their place; nothing frozen is in the optimizer
         assert set(lrs[epoch]) == set(expected)
+
+
+def test_train_bn_false_keeps_statistics_of_trainable_blocks(
+    digits_small: Path, tmp_path: Path
+) -> None:
+    data = load_dataset(digits_small, image_size=32, cache_dir=tmp_path / "cache")
+    model = build_model(base_model="tiny_cnn", num_classes=10, pretrained=True)
+    before = snapshot(model)
+    plans = plan_schedule(
+        strategy="full", num_blocks=len(model.blocks), epochs=1, learning_rate=LR
+    )
+    spec = get_base_model("tiny_cnn")
+    fit(
+        model=model,
+        plans=plans,
+        data=data,
+        work_dir=tmp_path / "work",
+        options=LoopOptions(
+            mean=spec.mean, std=spec.std, image_size=32, batch_size=16, train_bn=False
+        ),
+    )
+    after = snapshot(model)
+    for group, state in before.items():
+        for key, value in state.items():
+            if "running_" in key or "num_batches" in key:
+                assert torch.equal(value, after[group][key]), f"{group}.{key}"
+    assert not torch.equal(before["stem"]["1.weight"], after["stem"]["1.weight"])  # BN scale

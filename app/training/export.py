@@ -1,0 +1,71 @@
+"""Export a trained image model for use outside the service.
+
+TorchScript and ONNX exports are self-contained: they take a float32 batch (N, 3, S, S)
+of RGB values in [0, 1] at the model's image size, normalise it themselves and return
+class probabilities (N, C) in the order of config.json's `classes`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from app.training.errors import InvalidInput
+from app.training.inference import Predictor
+
+FORMATS = ("safetensors", "torchscript", "onnx")
+FILENAMES = {
+    "safetensors": "model.safetensors",
+    "torchscript": "model.torchscript.pt",
+    "onnx": "model.onnx",
+}
+
+
+class _Exported(nn.Module):
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean.view(1, 3, 1, 1).clone())
+        self.register_buffer("std", std.view(1, 3, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std).softmax(1)
+
+
+def export(artifact_dir: Path, fmt: str) -> Path:
+    """The exported file for `fmt`, built once and kept beside the model."""
+    if fmt not in FORMATS:
+        raise InvalidInput(f"format must be one of {', '.join(FORMATS)}", code="invalid_format")
+    artifact_dir = Path(artifact_dir)
+    target = artifact_dir / FILENAMES[fmt]
+    if target.exists():
+        return target
+    predictor = Predictor.load(artifact_dir, device="cpu")
+    wrapped = _Exported(
+        predictor.model.float().eval(), predictor.preset.mean, predictor.preset.std
+    ).eval()
+    example = torch.rand(1, 3, predictor.image_size, predictor.image_size)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(wrapped, example), buf)
+        else:
+            # The TorchScript-based exporter: needs only the `onnx` package, no onnxscript.
+            torch.onnx.export(
+                wrapped,
+                (example,),
+                buf,
+                dynamo=False,
+                input_names=["images"],
+                output_names=["probabilities"],
+                opset_version=17,
+                dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+            )
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, target)  # concurrent exporters race harmlessly: same bytes, atomic rename
+    return target
