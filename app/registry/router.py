@@ -143,8 +143,13 @@ async def predict(
     return {"model_id": model.id, "predictions": predictions}
 
 
-@router.get("/v1/models/{model_id}/report", response_class=HTMLResponse)
-def model_report(model_id: str, owner: CurrentOwner, session: SessionDep):
+@router.get(
+    "/v1/models/{model_id}/report",
+    # Not response_class=HTMLResponse: that would document the JSON errors as text/html.
+    response_model=None,
+    responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
+)
+def model_report(model_id: str, owner: CurrentOwner, session: SessionDep) -> HTMLResponse:
     """Training curves, confusion matrix and per-class metrics as an HTML page."""
     model = service.get(session=session, owner=owner, model_id=model_id)
     job = session.get(Job, model.job_id)
