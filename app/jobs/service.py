@@ -186,12 +186,14 @@ def stale_jobs(
     - queued, sent a while ago, and the broker's queue is empty: the message is gone (a
       broker that keeps nothing on disk was restarted, a worker died as it took it);
     - queued, sent long ago (the same, where the queue holds other messages);
-    - running on an expired lease that has not been re-sent since it expired (its worker died).
+    - running on an expired lease that has not been re-sent since it expired (its worker
+      died), or was re-sent but that message is gone too (the same two rules as queued).
     A duplicate message is harmless: the claim is a guarded transition.
     """
     now = utcnow()
     if queue_empty:
         resend_after_seconds = grace_seconds
+    sent_before = now - timedelta(seconds=resend_after_seconds)
     rows = session.scalars(
         select(Job.id)
         .where(
@@ -199,11 +201,14 @@ def stale_jobs(
                 (Job.status == "queued")
                 & (Job.enqueued_at.is_(None))
                 & (Job.created_at < now - timedelta(seconds=grace_seconds)),
-                (Job.status == "queued")
-                & (Job.enqueued_at < now - timedelta(seconds=resend_after_seconds)),
+                (Job.status == "queued") & (Job.enqueued_at < sent_before),
                 (Job.status == "running")
                 & (Job.lease_expires_at < now)
-                & (or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at)),
+                & or_(
+                    Job.enqueued_at.is_(None),
+                    Job.enqueued_at < Job.lease_expires_at,
+                    Job.enqueued_at < sent_before,
+                ),
             )
         )
         .limit(100)
