@@ -135,3 +135,38 @@ def test_queued_job_whose_message_the_broker_lost_is_sent_again(outage, tmp_path
     job = poll(client, job_id, finished, 60)
     assert job["status"] == "succeeded" and job["attempts"] == 1, (job, live.logs())
     print(f"\n[lost message] job succeeded {time.monotonic() - t0:.1f}s after the worker started")
+
+
+def test_resent_message_of_a_dead_workers_job_lost_too_is_sent_again(outage, tmp_path):
+    """The worker dies mid-job, the reconciler re-sends the job once its lease expires, and
+    then the broker loses that message as well (restarted empty before any worker came
+    back). The job must not stay 'running' for ever: it is sent again and resumes."""
+    live = outage
+    live.ensure_workers(1)
+    client = live.new_owner()
+    ds = upload_digits(client, tmp_path / "d.zip", per_class=20, classes=4)
+    spec = {
+        "dataset_id": ds["id"],
+        "base_model": "tiny_cnn",
+        "strategy": "full",
+        "epochs": 30,
+        "image_size": 96,
+        "early_stopping_patience": None,
+    }
+    job_id = client.post("/v1/jobs", json=spec).json()["id"]
+    poll(client, job_id, lambda j: j["progress"]["epoch"] >= 1, 60, every=0.05)
+    for proc in live.workers:
+        Live.kill(proc)
+    queue = redis.Redis(port=live.redis_port)
+    end = time.monotonic() + 30
+    while queue.llen("finetune") == 0 and time.monotonic() < end:
+        time.sleep(0.2)  # lease (4 s) expires, the reconciler (every 1 s) re-sends
+    assert queue.llen("finetune") == 1, "the reconciler never re-sent the dead worker's job"
+    Live.kill(live.redis)
+    live.redis = start_redis(live.redis_port)  # ...and that message is gone too
+
+    live.ensure_workers(1)
+    job = poll(client, job_id, finished, 90)
+    assert job["status"] == "succeeded" and job["attempts"] == 2, (job, live.logs())
+    statuses = [e["data"]["status"] for e in events(client, job_id) if e["type"] == "status"]
+    assert statuses == ["queued", "running", "running", "succeeded"]
