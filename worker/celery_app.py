@@ -17,6 +17,7 @@ from celery import Celery
 from app.core.config import Settings, get_settings
 
 RUN_JOB = "finetune.run_job"
+QUEUE = "finetune"
 
 # A job may run for a long time on a slow machine. The order matters:
 # soft limit (the task can stop cleanly) < hard limit (the child is killed)
@@ -69,7 +70,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        task_default_queue="finetune",
+        task_default_queue=QUEUE,
         # The filesystem transport has no broadcast; remote control is not needed.
         worker_enable_remote_control=not settings.embedded_broker,
     )
@@ -85,3 +86,13 @@ def get_celery() -> Celery:
 def enqueue_job(job_id: str) -> None:
     """Send the message that asks a worker to run job `job_id` (ids only, never rows)."""
     get_celery().send_task(RUN_JOB, kwargs={"job_id": job_id})
+
+
+def queued_messages() -> int:
+    """Messages waiting in the job queue (not counting one a worker has taken)."""
+    with get_celery().connection_for_read() as conn:
+        channel = conn.default_channel
+        try:
+            return channel.queue_declare(queue=QUEUE, passive=True).message_count
+        except conn.channel_errors:  # Redis keeps no empty list: no queue means no messages
+            return 0

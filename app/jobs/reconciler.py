@@ -6,15 +6,22 @@ import threading
 from app.core.config import Settings
 from app.core.db import get_sessionmaker
 from app.jobs import service
-from worker.celery_app import enqueue_job
+from worker.celery_app import enqueue_job, queued_messages
 
 log = logging.getLogger("finetune.reconciler")
 
 
 def reconcile_once(*, grace_seconds: float = 5.0) -> list[str]:
     """Send a message for every stale job; returns their ids."""
+    try:
+        queue_empty = queued_messages() == 0
+    except Exception:  # broker away: sends below fail too, and are retried next round
+        log.warning("could not read the broker's queue length", exc_info=True)
+        queue_empty = False
     with get_sessionmaker()() as session:
-        stale = service.stale_jobs(session=session, grace_seconds=grace_seconds)
+        stale = service.stale_jobs(
+            session=session, grace_seconds=grace_seconds, queue_empty=queue_empty
+        )
         for job_id in stale:
             enqueue_job(job_id)
             service.mark_enqueued(session=session, job_id=job_id)

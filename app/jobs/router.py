@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from app.core.db import get_sessionmaker
-from app.core.deps import CurrentOwner, Offset, SessionDep
+from app.core.deps import MAX_OFFSET, CurrentOwner, Offset, SessionDep
 from app.core.schemas import Page
 from app.jobs import service
 from app.jobs.schemas import JobEventOut, JobOut, JobSpec
@@ -80,7 +80,10 @@ def job_events(
     request: Request,
     after: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_OFFSET)] = None,
 ):
+    # A reconnecting EventSource (say, after an API restart) sends the last id it saw.
+    after = max(after, last_event_id or 0)
     rows = service.events(session=session, owner=owner, job_id=job_id, after=after, limit=limit)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return rows

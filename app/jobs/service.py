@@ -177,16 +177,24 @@ def events(
 
 
 def stale_jobs(
-    *, session: Session, grace_seconds: float, resend_after_seconds: float = 1800
+    *,
+    session: Session,
+    grace_seconds: float,
+    resend_after_seconds: float = 1800,
+    queue_empty: bool = False,
 ) -> list[str]:
     """Jobs that need a (new) message.
 
     - queued, never sent (the API died between commit and send, or the broker was down);
-    - queued, sent long ago (a broker that keeps nothing on disk was restarted);
+    - queued, sent a while ago, and the broker's queue is empty: the message is gone (a
+      broker that keeps nothing on disk was restarted, a worker died as it took it);
+    - queued, sent long ago (the same, where the queue holds other messages);
     - running on an expired lease that has not been re-sent since it expired (its worker died).
     A duplicate message is harmless: the claim is a guarded transition.
     """
     now = utcnow()
+    if queue_empty:
+        resend_after_seconds = grace_seconds
     rows = session.scalars(
         select(Job.id)
         .where(

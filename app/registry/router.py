@@ -1,8 +1,11 @@
+import io
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse
+from PIL import Image
 
 from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
 from app.core.errors import ApiError, Invalid
@@ -64,6 +67,24 @@ def get_model(model_id: str, owner: CurrentOwner, session: SessionDep):
     return service.get(session=session, owner=owner, model_id=model_id)
 
 
+# Pixels one predict request may decode, summed over its files. The header declares them
+# before anything is decoded, and a few KB of PNG can declare 64 Mpx (~250 MB decoded):
+# without a bound, one small request could take the server's memory. 48 Mpx still fits a
+# 48 MP photo, or hundreds of ordinary images.
+MAX_PIXELS = 48_000_000
+
+
+def _declared_pixels(data: bytes) -> int:
+    """Width x height from the image header; 0 if there is none (decode_image says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return im.width * im.height
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return 0
+
+
 def _top_k(value, n_classes: int) -> int:
     try:
         k = int(value) if value not in (None, "") else 1
@@ -98,9 +119,17 @@ async def predict(
         if not files or any(isinstance(f, str) for f in files):
             raise Invalid("files: send one or more image files as 'files'", code="missing_files")
         top_k = _top_k(form.get("top_k"), len(model.classes))
-        inputs = []
+        inputs, pixels = [], 0
         for f in files:
             data = await f.read()
+            pixels += _declared_pixels(data)
+            if pixels > MAX_PIXELS:
+                raise ApiError(
+                    f"files: the images declare {pixels} pixels up to {f.filename!r}; one "
+                    f"predict request decodes at most {MAX_PIXELS} (send fewer or smaller images)",
+                    code="too_many_pixels",
+                    status=413,
+                )
             try:
                 inputs.append(decode_image(data))
             except EngineError as exc:
@@ -114,8 +143,13 @@ async def predict(
     return {"model_id": model.id, "predictions": predictions}
 
 
-@router.get("/v1/models/{model_id}/report", response_class=HTMLResponse)
-def model_report(model_id: str, owner: CurrentOwner, session: SessionDep):
+@router.get(
+    "/v1/models/{model_id}/report",
+    # Not response_class=HTMLResponse: that would document the JSON errors as text/html.
+    response_model=None,
+    responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
+)
+def model_report(model_id: str, owner: CurrentOwner, session: SessionDep) -> HTMLResponse:
     """Training curves, confusion matrix and per-class metrics as an HTML page."""
     model = service.get(session=session, owner=owner, model_id=model_id)
     job = session.get(Job, model.job_id)

@@ -21,8 +21,6 @@ from tests.conftest import TEST_KEY
 from tests.helpers import digits_zip, free_port, start, stop, wait_http
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-# Redis indexes of our own (tests/conftest.py uses 7 by default); one per Live at a time.
-_REDIS_DBS = iter(range(11, 16))
 
 # Short leases so a dead worker's job is re-queued within seconds, not a minute.
 FAST_LEASES = {
@@ -31,6 +29,30 @@ FAST_LEASES = {
     "FINETUNE_RECONCILE_SECONDS": "1",
 }
 TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def start_redis(port: int) -> subprocess.Popen:
+    """A private redis-server on loopback, no persistence (a broker restarted empty).
+
+    Private, not a database index on the shared server: another checkout running these
+    tests at the same time would otherwise share the queue, and its workers would take
+    (and drop, finding no such job in their database) our messages.
+    """
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+        + ["--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        try:
+            if redis.Redis(port=port, socket_timeout=1).ping():
+                return proc
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    raise TimeoutError("redis-server did not start")
 
 
 def _new_pg_database() -> str:
@@ -64,15 +86,15 @@ class Live:
             **(extra_env or {}),
         }
         self.pg_name = None
-        self.redis_url = None
+        self.redis: subprocess.Popen | None = None
         if mode == "redis+postgres":
             self.pg_name = _new_pg_database()
             self.env["FINETUNE_DATABASE_URL"] = (
                 f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.pg_name}"
             )
-            self.redis_url = f"redis://127.0.0.1:6379/{next(_REDIS_DBS)}"
-            redis.Redis.from_url(self.redis_url).flushdb()
-            self.env["FINETUNE_BROKER_URL"] = self.redis_url
+            self.redis_port = free_port()
+            self.redis = start_redis(self.redis_port)
+            self.env["FINETUNE_BROKER_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.api: subprocess.Popen | None = None
@@ -133,8 +155,8 @@ class Live:
             stop(proc)
         if self.pg_name:
             _drop_pg_database(self.pg_name)
-        if self.redis_url:
-            redis.Redis.from_url(self.redis_url).flushdb()
+        if self.redis is not None:
+            self.kill(self.redis)
 
     def logs(self) -> str:
         out = []

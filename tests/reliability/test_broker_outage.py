@@ -1,67 +1,41 @@
 """The broker goes away: a job posted meanwhile is still accepted (it lives in the
 database), and once a broker is back the reconciler sends it and it runs, once.
 
-A private redis-server (no persistence, like a cache restarted empty) so the shared one
-on 6379 is never disturbed.
+Each installation here has its own redis-server (no persistence: a broker restarted
+empty), so killing it disturbs nobody else.
 """
 
-import subprocess
 import time
 
 import httpx
 import pytest
 import redis
 
-from tests.helpers import free_port
-from tests.reliability.conftest import FAST_LEASES, Live, events, finished, poll, upload_digits
-
-
-def _redis(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        try:
-            if redis.Redis(port=port, socket_timeout=1).ping():
-                return proc
-        except redis.ConnectionError:
-            time.sleep(0.1)
-    raise TimeoutError("redis-server did not start")
+from tests.reliability.conftest import (
+    FAST_LEASES,
+    Live,
+    events,
+    finished,
+    poll,
+    start_redis,
+    upload_digits,
+)
 
 
 @pytest.fixture(scope="module")
 def outage(tmp_path_factory):
-    port = free_port()
-    server = _redis(port)
     live = Live(tmp_path_factory.mktemp("outage"), "redis+postgres", FAST_LEASES)
-    live.env["FINETUNE_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
-    state = {"server": server, "port": port}
     try:
         live.start_api()
         live.ensure_workers(1)
-        yield live, state
+        yield live
     finally:
         live.close()
-        Live.kill(state["server"])
         print(live.logs())
 
 
 def test_job_posted_while_the_broker_is_down_runs_when_it_is_back(outage, tmp_path):
-    live, state = outage
+    live = outage
     client = live.new_owner()
     ds = upload_digits(client, tmp_path / "d.zip", per_class=6, classes=2)
     spec = {
@@ -72,7 +46,7 @@ def test_job_posted_while_the_broker_is_down_runs_when_it_is_back(outage, tmp_pa
         "image_size": 32,
     }
 
-    Live.kill(state["server"])
+    Live.kill(live.redis)
     t0 = time.monotonic()
     r = client.post("/v1/jobs", json=spec)
     post_s = time.monotonic() - t0
@@ -84,7 +58,7 @@ def test_job_posted_while_the_broker_is_down_runs_when_it_is_back(outage, tmp_pa
     # The API stays responsive without a broker: the failed send costs the POST little.
     assert post_s < 10, post_s
 
-    state["server"] = _redis(state["port"])  # back, and empty
+    live.redis = start_redis(live.redis_port)  # back, and empty
     t0 = time.monotonic()
     job = poll(client, job_id, finished, 90)
     recovered_s = time.monotonic() - t0
@@ -101,7 +75,7 @@ def test_job_posted_while_the_broker_is_down_runs_when_it_is_back(outage, tmp_pa
 def test_broker_lost_mid_job_the_job_finishes_once_and_the_worker_reconnects(outage, tmp_path):
     """The worker needs the database, not the broker, to train: a broker restart under a
     running job neither stops it nor runs it twice, and the worker takes new work after."""
-    live, state = outage
+    live = outage
     client = live.new_owner()
     ds = upload_digits(client, tmp_path / "d.zip", per_class=20, classes=4)
     spec = {
@@ -114,9 +88,9 @@ def test_broker_lost_mid_job_the_job_finishes_once_and_the_worker_reconnects(out
     }
     job_id = client.post("/v1/jobs", json=spec).json()["id"]
     poll(client, job_id, lambda j: j["progress"]["epoch"] >= 1, 60, every=0.05)
-    Live.kill(state["server"])
+    Live.kill(live.redis)
     time.sleep(2)
-    state["server"] = _redis(state["port"])
+    live.redis = start_redis(live.redis_port)
 
     job = poll(client, job_id, finished, 90)
     assert job["status"] == "succeeded" and job["attempts"] == 1, job
@@ -129,3 +103,35 @@ def test_broker_lost_mid_job_the_job_finishes_once_and_the_worker_reconnects(out
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["attempts"] == 1
     assert client.get("/v1/models").json()["total"] == 2
+
+
+def test_queued_job_whose_message_the_broker_lost_is_sent_again(outage, tmp_path):
+    """The broker restarts empty while a job waits in its queue (no worker up). The job
+    is still 'queued' and was sent, so nothing but the broker says it is lost: the
+    reconciler sees an empty queue under a queued job and sends it again, in seconds
+    rather than after the half-hour fallback."""
+    live = outage
+    client = live.new_owner()
+    ds = upload_digits(client, tmp_path / "d.zip", per_class=6, classes=2)
+    for proc in live.workers:
+        Live.kill(proc)
+    job_id = client.post(
+        "/v1/jobs",
+        json={
+            "dataset_id": ds["id"],
+            "base_model": "tiny_cnn",
+            "strategy": "full",
+            "epochs": 1,
+            "image_size": 32,
+        },
+    ).json()["id"]
+    assert redis.Redis(port=live.redis_port).llen("finetune") == 1
+    Live.kill(live.redis)
+    live.redis = start_redis(live.redis_port)  # back, and empty: the message is gone
+    assert redis.Redis(port=live.redis_port).llen("finetune") == 0
+
+    t0 = time.monotonic()
+    live.ensure_workers(1)
+    job = poll(client, job_id, finished, 60)
+    assert job["status"] == "succeeded" and job["attempts"] == 1, (job, live.logs())
+    print(f"\n[lost message] job succeeded {time.monotonic() - t0:.1f}s after the worker started")

@@ -1,6 +1,7 @@
 """Jobs on a live Redis + PostgreSQL installation with two workers: exactly once, the API
 killed mid-job, cancel (queued and running), and Idempotency-Key under a race."""
 
+import json
 import threading
 import time
 
@@ -18,6 +19,30 @@ TINY = {
     "early_stopping_patience": None,
 }
 SLOW = {**TINY, "image_size": 96}  # ~0.3 s an epoch
+
+
+def _sse(live: Live, client: httpx.Client, job_id: str, last_id: int | None, limit=None) -> list:
+    """Read the job's server-sent events (as an EventSource would, Last-Event-ID and all)
+    until the stream ends or `limit` events came."""
+    headers = httpx.Headers(client.headers)
+    headers["Accept"] = "text/event-stream"
+    if last_id is not None:
+        headers["Last-Event-ID"] = str(last_id)
+    out, current = [], {}
+    url = f"{live.base}/v1/jobs/{job_id}/events"
+    with httpx.stream("GET", url, headers=headers, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("id: "):
+                current["id"] = int(line[4:])
+            elif line.startswith("data: "):
+                current["data"] = json.loads(line[6:])
+            elif not line and current:
+                out.append(current)
+                current = {}
+                if limit and len(out) >= limit:
+                    break
+    return out
 
 
 def _statuses(evs: list[dict]) -> list[str]:
@@ -58,16 +83,29 @@ def test_two_workers_ten_jobs_each_runs_exactly_once(dist, owner):
     assert {m["id"] for m in models["items"]} == {j["model_id"] for j in jobs}
 
 
-def test_api_sigkilled_and_restarted_mid_job_loses_nothing(dist, owner):
-    client, dataset_id = owner
+@pytest.mark.parametrize("mode", ["dist", "embedded"])
+def test_api_sigkilled_and_restarted_mid_job_loses_nothing(request, mode, tmp_path):
+    live: Live = request.getfixturevalue(mode)
+    live.ensure_workers(1)
+    client = live.new_owner()
+    dataset_id = upload_digits(client, tmp_path / "d.zip", per_class=12, classes=4)["id"]
     long = client.post("/v1/jobs", json={**SLOW, "dataset_id": dataset_id, "epochs": 25}).json()
     poll(client, long["id"], lambda j: j["progress"]["epoch"] >= 1, 60, every=0.05)
+    # An event stream read up to the first epoch before the kill...
+    streamed = _sse(live, client, long["id"], None, limit=3)
+    assert [e["data"]["type"] for e in streamed] == ["status", "status", "epoch"]
     # A second job posted just before the kill: committed and sent before the 202.
     short = client.post("/v1/jobs", json={**TINY, "dataset_id": dataset_id}).json()
-    Live.kill(dist.api)
+    Live.kill(live.api)
     with pytest.raises(httpx.TransportError):
         client.get("/healthz")
-    dist.start_api()
+    live.start_api()
+    # ...picks up where it stopped after the restart (Last-Event-ID), to the job's end.
+    streamed += _sse(live, client, long["id"], streamed[-1]["id"])
+    ids = [e["id"] for e in streamed]
+    assert ids == sorted(set(ids)), ids
+    assert ids == [e["id"] for e in events(client, long["id"])]
+    assert streamed[-1]["data"]["data"]["status"] == "succeeded"
 
     for job_id, epochs in ((long["id"], 25), (short["id"], 2)):
         job = poll(client, job_id, finished, 90)
