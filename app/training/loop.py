@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from app.training import checkpoint as ckpt
 from app.training.build import TransferModel
@@ -103,6 +104,58 @@ def _batches(n: int, size: int, order: torch.Tensor | None = None) -> list[torch
     if len(parts) > 1 and len(parts[-1]) == 1:
         parts[-2:] = [torch.cat(parts[-2:])]
     return parts
+
+
+def _group_state(modules: dict[str, nn.Module], groups: list[str]) -> dict[str, torch.Tensor]:
+    """CPU copies of the state of `groups`, keys prefixed with the group name."""
+    return {
+        f"{g}.{k}": v.detach().to("cpu", copy=True)
+        for g in groups
+        for k, v in modules[g].state_dict().items()
+    }
+
+
+def _load_group_state(
+    modules: dict[str, nn.Module], groups: list[str], state: dict[str, torch.Tensor]
+) -> None:
+    for g in groups:
+        prefix = f"{g}."
+        modules[g].load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
+
+
+def _epoch_report(
+    *,
+    epoch: int,
+    plans: list[EpochPlan],
+    model: TransferModel,
+    train_loss: float,
+    val_loss: float,
+    val_accuracy: float,
+    epoch_seconds: list[float],
+) -> dict:
+    """The on_epoch payload; ETA from the mean epoch time so far."""
+    modules = group_modules(model)
+    return {
+        "epoch": epoch + 1,
+        "epochs": len(plans),
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+        "seconds": epoch_seconds[-1],
+        "eta_seconds": (len(plans) - epoch - 1) * sum(epoch_seconds) / len(epoch_seconds),
+        "schedule": [
+            {
+                "group": g.group,
+                "trainable": g.trainable,
+                "lr": g.lr,
+                "params": count_params(modules[g.group]),
+            }
+            for g in plans[epoch].groups
+        ],
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
 
 
 def fit(
@@ -206,22 +259,14 @@ def fit(
     factor = create_scheduler(name=o.scheduler, total_steps=steps_per_epoch * len(plans))
     # Only groups that train at some point change; the rest is rebuilt identically by the
     # caller on resume, so checkpoints stay small for a linear probe.
-    ever = {g for p in plans for g in p.trainable_groups()}
+    ever = [g.group for g in plans[0].groups if any(p.trainable(g.group) for p in plans)]
     modules = group_modules(model)
 
     def trainable_state() -> dict[str, torch.Tensor]:
-        return {
-            f"{g}.{k}": v.detach().to("cpu", copy=True)
-            for g in ever
-            for k, v in modules[g].state_dict().items()
-        }
+        return _group_state(modules, ever)
 
     def load_trainable_state(state: dict[str, torch.Tensor]) -> None:
-        for g in ever:
-            prefix = f"{g}."
-            modules[g].load_state_dict(
-                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            )
+        _load_group_state(modules, ever, state)
 
     fingerprint = {
         "plans": [p.to_dict() for p in plans],
@@ -282,9 +327,8 @@ def fit(
 
         epoch_pred, val_loss = predict(val_in)
         val_acc = float((epoch_pred == val_in.labels).float().mean())
-        if val_acc > best["val_accuracy"] or (
-            val_acc == best["val_accuracy"] and val_loss < best["val_loss"]
-        ):
+        # Ties in accuracy (common on small val sets) go to the lower loss.
+        if (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"]):
             best = {
                 "epoch": epoch + 1,
                 "val_accuracy": val_acc,
@@ -295,28 +339,16 @@ def fit(
         else:
             bad_epochs += 1
 
-        seconds = time.perf_counter() - t0
-        epoch_seconds.append(seconds)
-        remaining = len(plans) - epoch - 1
-        report = {
-            "epoch": epoch + 1,
-            "epochs": len(plans),
-            "train_loss": loss_sum / max(1, seen),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "seconds": seconds,
-            "eta_seconds": remaining * sum(epoch_seconds) / len(epoch_seconds),
-            "schedule": [
-                {
-                    "group": g.group,
-                    "trainable": g.trainable,
-                    "lr": g.lr,
-                    "params": count_params(modules[g.group]),
-                }
-                for g in plan.groups
-            ],
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        }
+        epoch_seconds.append(time.perf_counter() - t0)
+        report = _epoch_report(
+            epoch=epoch,
+            plans=plans,
+            model=model,
+            train_loss=loss_sum / max(1, seen),
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            epoch_seconds=epoch_seconds,
+        )
         history.append(report)
         stopped = o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
         # Checkpoint before reporting: a crash in between repeats a report (same epoch
