@@ -20,10 +20,10 @@ from safetensors.torch import load_file, save_file
 from app.training import auto
 from app.training.build import (
     TransferModel,
-    _shape_info,
     build_model,
     check_available,
     get_base_model,
+    num_blocks,
 )
 from app.training.data import load_dataset
 from app.training.errors import InvalidConfig
@@ -134,7 +134,7 @@ def train(
         val_fraction=config.val_fraction,
         seed=config.seed,
     )
-    num_blocks = _shape_info(config.base_model)[1]
+    blocks = num_blocks(config.base_model)
     options = LoopOptions(
         mean=spec.mean,
         std=spec.std,
@@ -174,7 +174,7 @@ def train(
             pretrained=has_weights,
             data=data,
             options=options,
-            num_blocks=num_blocks,
+            num_blocks=blocks,
             learning_rate=config.learning_rate,
             lr_decay=config.lr_decay,
             budget_epochs=config.auto_budget_epochs,
@@ -192,7 +192,7 @@ def train(
 
     plans = plan_schedule(
         strategy=strategy,
-        num_blocks=num_blocks,
+        num_blocks=blocks,
         epochs=config.epochs,
         learning_rate=lr,
         trainable_blocks=trainable_blocks,
