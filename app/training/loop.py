@@ -76,14 +76,23 @@ class FitResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a concrete device (cuda always with its index)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu" or name.startswith("cuda"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not name.startswith("cuda"):
+        raise InvalidConfig(f"unknown device {name!r}; auto, cpu, cuda or cuda:N", field="device")
+    try:
         device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
+    except RuntimeError as e:
+        raise InvalidConfig(f"bad device {name!r}: {e}", field="device") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
             raise InvalidConfig("device is cuda but no CUDA device is available", field="device")
-        return device
-    raise InvalidConfig(f"unknown device {name!r}; auto, cpu, cuda or cuda:N", field="device")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise InvalidConfig(f"no CUDA device {index} on this machine", field="device")
+        device = torch.device("cuda", index)
+    return device
 
 
 class _Inputs:
@@ -188,11 +197,9 @@ def fit(
             raise Cancelled("stopped by request")
 
     def to_device(t: torch.Tensor) -> torch.Tensor:
-        if t.device == device:  # e.g. features cached on the GPU
-            return t
-        if cuda:
+        if cuda and not t.is_cuda:  # pinned host memory lets the copy overlap compute
             return t.pin_memory().to(device, non_blocking=True)
-        return t
+        return t.to(device)  # no-op on the CPU and for features cached on the GPU
 
     # ---- frozen-feature cache (features.py), else raw images through the whole model
     level = -1 if o.augment else frozen_level(plans, num_blocks)

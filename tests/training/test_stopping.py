@@ -97,3 +97,16 @@ def test_class_weights_and_label_smoothing_train(digits_small: Path, tmp_path: P
     )
     assert len(result.history) == 2
     assert all(r["train_loss"] > 0 for r in result.history)
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "cuda", "cuda:0"])
+def test_bad_or_missing_device_is_a_config_error(name: str) -> None:
+    from app.training.errors import InvalidConfig
+    from app.training.loop import resolve_device
+
+    if name.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(InvalidConfig) as info:
+        resolve_device(name)
+    assert info.value.field == "device"
+    assert resolve_device("cpu") == torch.device("cpu")
