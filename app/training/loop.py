@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,6 +113,16 @@ def _batches(n: int, size: int, order: torch.Tensor | None = None) -> list[torch
     if len(parts) > 1 and len(parts[-1]) == 1:
         parts[-2:] = [torch.cat(parts[-2:])]
     return parts
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _group_state(modules: dict[str, nn.Module], groups: list[str]) -> dict[str, torch.Tensor]:
@@ -305,80 +315,86 @@ def fit(
 
     # ---- epochs
     epoch_seconds = [h["seconds"] for h in history]
-    for epoch in range(start, 0 if stopped else len(plans)):
-        t0 = time.perf_counter()
-        plan = plans[epoch]
-        apply_plan(model, plan)
-        sync_optimizer(optimizer, model, plan)
-        set_train_mode(model, plan, train_bn=o.train_bn)
-        order = torch.randperm(
-            len(train_in), generator=torch.Generator().manual_seed(o.seed * 7919 + epoch)
-        )
-        loss_sum, seen = 0.0, 0
-        for b in _batches(len(train_in), o.batch_size, order):
-            check_stop()
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor(step)
-            y = to_device(train_in.labels[b])
-            with amp:
-                logits = logits_of(train_in, b, train=True)
-            loss = F.cross_entropy(
-                logits.float(), y, weight=weight, label_smoothing=o.label_smoothing
+    # A linear head on cached feature vectors is too little work per step to split over
+    # threads: the hand-offs cost more than the math (most of all on a shared CPU).
+    single = level == model.pooled_level and not cuda
+    with _threads(1) if single else contextlib.nullcontext():
+        for epoch in range(start, 0 if stopped else len(plans)):
+            t0 = time.perf_counter()
+            plan = plans[epoch]
+            apply_plan(model, plan)
+            sync_optimizer(optimizer, model, plan)
+            set_train_mode(model, plan, train_bn=o.train_bn)
+            order = torch.randperm(
+                len(train_in), generator=torch.Generator().manual_seed(o.seed * 7919 + epoch)
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_sum += float(loss.detach()) * len(b)
-            seen += len(b)
+            loss_sum, seen = 0.0, 0
+            for b in _batches(len(train_in), o.batch_size, order):
+                check_stop()
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * factor(step)
+                y = to_device(train_in.labels[b])
+                with amp:
+                    logits = logits_of(train_in, b, train=True)
+                loss = F.cross_entropy(
+                    logits.float(), y, weight=weight, label_smoothing=o.label_smoothing
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                loss_sum += float(loss.detach()) * len(b)
+                seen += len(b)
 
-        epoch_pred, val_loss = predict(val_in)
-        val_acc = float((epoch_pred == val_in.labels).float().mean())
-        # Ties in accuracy (common on small val sets) go to the lower loss.
-        if (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"]):
-            best = {
-                "epoch": epoch + 1,
-                "val_accuracy": val_acc,
-                "val_loss": val_loss,
-                "state": trainable_state(),
-            }
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
+            epoch_pred, val_loss = predict(val_in)
+            val_acc = float((epoch_pred == val_in.labels).float().mean())
+            # Ties in accuracy (common on small val sets) go to the lower loss.
+            if (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"]):
+                best = {
+                    "epoch": epoch + 1,
+                    "val_accuracy": val_acc,
+                    "val_loss": val_loss,
+                    "state": trainable_state(),
+                }
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
 
-        epoch_seconds.append(time.perf_counter() - t0)
-        report = _epoch_report(
-            epoch=epoch,
-            plans=plans,
-            model=model,
-            train_loss=loss_sum / max(1, seen),
-            val_loss=val_loss,
-            val_accuracy=val_acc,
-            epoch_seconds=epoch_seconds,
-        )
-        history.append(report)
-        stopped = o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
-        # Checkpoint before reporting: a crash in between repeats a report (same epoch
-        # number, the consumer can dedupe) rather than losing an epoch.
-        ckpt.save_checkpoint(
-            path,
-            {
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
-                "step": step,
-                "model": trainable_state(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": {"name": o.scheduler, "step": step},
-                "best": best,
-                "bad_epochs": bad_epochs,
-                "history": history,
-                "rng": ckpt.rng_state(),
-            },
-        )
-        on_epoch(report)
-        if stopped:
-            log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
-            break
+            epoch_seconds.append(time.perf_counter() - t0)
+            report = _epoch_report(
+                epoch=epoch,
+                plans=plans,
+                model=model,
+                train_loss=loss_sum / max(1, seen),
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+                epoch_seconds=epoch_seconds,
+            )
+            history.append(report)
+            stopped = (
+                o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
+            )
+            # Checkpoint before reporting: a crash in between repeats a report (same epoch
+            # number, the consumer can dedupe) rather than losing an epoch.
+            ckpt.save_checkpoint(
+                path,
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "model": trainable_state(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": {"name": o.scheduler, "step": step},
+                    "best": best,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "rng": ckpt.rng_state(),
+                },
+            )
+            on_epoch(report)
+            if stopped:
+                log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
+                break
 
     load_trainable_state(best["state"])
     val_pred, _ = predict(val_in)
