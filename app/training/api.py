@@ -125,6 +125,13 @@ def train(
     spec = get_base_model(config.base_model)
     if init_state is None:
         check_available(config.base_model, config.pretrained)
+    blocks = num_blocks(config.base_model)
+    if config.trainable_blocks > blocks + 1:  # refuse before decoding any image
+        raise InvalidConfig(
+            f"trainable_blocks must be at most {blocks + 1} for {config.base_model} "
+            f"({blocks} blocks + stem)",
+            field="trainable_blocks",
+        )
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(
@@ -134,7 +141,6 @@ def train(
         val_fraction=config.val_fraction,
         seed=config.seed,
     )
-    blocks = num_blocks(config.base_model)
     options = LoopOptions(
         mean=spec.mean,
         std=spec.std,
