@@ -20,10 +20,10 @@ from safetensors.torch import load_file, save_file
 from app.training import auto
 from app.training.build import (
     TransferModel,
-    _shape_info,
     build_model,
     check_available,
     get_base_model,
+    num_blocks,
 )
 from app.training.data import load_dataset
 from app.training.errors import InvalidConfig
@@ -125,6 +125,13 @@ def train(
     spec = get_base_model(config.base_model)
     if init_state is None:
         check_available(config.base_model, config.pretrained)
+    blocks = num_blocks(config.base_model)
+    if config.trainable_blocks > blocks + 1:  # refuse before decoding any image
+        raise InvalidConfig(
+            f"trainable_blocks must be at most {blocks + 1} for {config.base_model} "
+            f"({blocks} blocks + stem)",
+            field="trainable_blocks",
+        )
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(
@@ -134,7 +141,6 @@ def train(
         val_fraction=config.val_fraction,
         seed=config.seed,
     )
-    num_blocks = _shape_info(config.base_model)[1]
     options = LoopOptions(
         mean=spec.mean,
         std=spec.std,
@@ -174,7 +180,7 @@ def train(
             pretrained=has_weights,
             data=data,
             options=options,
-            num_blocks=num_blocks,
+            num_blocks=blocks,
             learning_rate=config.learning_rate,
             lr_decay=config.lr_decay,
             budget_epochs=config.auto_budget_epochs,
@@ -192,7 +198,7 @@ def train(
 
     plans = plan_schedule(
         strategy=strategy,
-        num_blocks=num_blocks,
+        num_blocks=blocks,
         epochs=config.epochs,
         learning_rate=lr,
         trainable_blocks=trainable_blocks,

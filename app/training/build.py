@@ -267,6 +267,11 @@ def _shape_info(name: str) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), len(blocks)
 
 
+def num_blocks(name: str) -> int:
+    """Blocks of a base model; `trainable_blocks` may go up to this + 1 (the stem)."""
+    return _shape_info(name)[1]
+
+
 def list_base_models() -> list[dict]:
     out = []
     for spec in REGISTRY.values():
