@@ -364,7 +364,8 @@ def build_model(
         model.head.load_state_dict(base_head.state_dict())
     if state_dict is not None:
         state = dict(state_dict)
-        if state["head.weight"].shape != model.head.weight.shape:
+        head = state.get("head.weight")  # uploaded weights may come without a head
+        if head is None or head.shape != model.head.weight.shape:
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("head.") for k in missing):
