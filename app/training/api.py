@@ -165,6 +165,9 @@ def train(
             val_fraction=config.val_fraction,
             seed=config.seed,
         )
+    if init_state is not None and init_config and init_config.get("classes") != data.classes:
+        # Other classes (even as many): the parent's head means nothing here; a fresh one.
+        init_state = {k: v for k, v in init_state.items() if not k.startswith("head.")}
     num_blocks = _shape_info(config.base_model)[1]
     options = LoopOptions(
         mean=spec.mean,
