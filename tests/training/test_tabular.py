@@ -193,3 +193,18 @@ def test_pretrained_on_a_source_task_beats_scratch_on_a_small_target(tmp_path):
     assert tuned_cfg["classes"] == ["t0", "t1", "t2"] and tuned_state["head.weight"].shape[0] == 3
     assert tuned_cfg["preprocessing"] == config["preprocessing"]  # the parent's, reused
     assert torch.equal(tuned_state["blocks.0.0.weight"], state["blocks.0.0.weight"])  # frozen
+
+
+@pytest.mark.parametrize("strategy", ["auto", "progressive"])
+def test_auto_and_progressive_run_through_the_same_machinery(tmp_path, strategy):
+    dataset = _ingest(tmp_path, iris_csv(tmp_path / "iris.csv"), "iris")
+    result = _train(dataset, tmp_path / "w", strategy=strategy, epochs=4, auto_budget_epochs=2)
+    assert len(result.history) == 4 and result.metrics["accuracy"] > 0.33
+    if strategy == "auto":
+        assert result.leaderboard and result.leaderboard[0]["chosen"] is True
+        assert {r["strategy"] for r in result.leaderboard} >= {"partial"}
+    else:
+        # Progressive: the head's rate is the full rate, lower blocks get smaller ones.
+        rates = {g["group"]: g["lr"] for g in result.history[-1]["schedule"] if g["trainable"]}
+        assert rates["head"] == pytest.approx(1e-2)
+        assert all(rate <= rates["head"] for rate in rates.values())
