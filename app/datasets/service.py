@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
-from app.core.db import new_id
+from app.core.db import begin_write, new_id
 from app.core.errors import ApiError, Conflict, Invalid, NotFound
 from app.datasets.ingest import (
     IngestError,
@@ -121,6 +121,7 @@ def create(
         splits=manifest["splits"],
         meta=meta,
     )
+    begin_write(session)
     session.add(dataset)
     try:
         session.commit()
@@ -149,6 +150,7 @@ def list_(*, session: Session, owner: Owner, limit: int, offset: int) -> tuple[l
 
 def delete(*, session: Session, owner: Owner, storage: LocalStorage, dataset_id: str) -> None:
     """Delete a dataset that no queued or running job still needs."""
+    begin_write(session)
     dataset = get(session=session, owner=owner, dataset_id=dataset_id)
     busy = session.scalar(
         select(func.count())

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
-from app.core.db import new_id, utcnow
+from app.core.db import begin_write, new_id, utcnow
 from app.core.errors import Conflict, Invalid, NotFound
 from app.datasets import service as datasets
 from app.jobs.models import Job, JobEvent
@@ -72,6 +72,7 @@ def create(
     *, session: Session, owner: Owner, spec: JobSpec, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     """Record a queued job; returns (job, created). The caller enqueues after commit."""
+    begin_write(session)
     request_hash = _request_hash(spec)
     if idempotency_key:
         existing = _by_idempotency_key(session, owner, idempotency_key)
@@ -119,6 +120,7 @@ def _replay(job: Job, request_hash: str, key: str) -> Job:
 
 
 def mark_enqueued(*, session: Session, job_id: str) -> None:
+    begin_write(session)
     session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
     session.commit()
 
@@ -145,6 +147,7 @@ def list_(
 
 def cancel(*, session: Session, owner: Owner, job_id: str) -> Job:
     """A queued job is cancelled now; a running one is asked to stop at its next step."""
+    begin_write(session)
     job = get(session=session, owner=owner, job_id=job_id)
     now = utcnow()
     # Guarded updates: the worker may be moving the same row at this moment.
