@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
-from app.core.db import new_id
+from app.core.db import begin_write, new_id
 from app.core.errors import ApiError, Invalid, NotFound
 from app.registry.models import UploadedBaseModel
 from app.storage.local import LocalStorage
@@ -112,6 +112,7 @@ def create_upload(
         params=info["params"],
         size_bytes=size,
     )
+    begin_write(session)
     session.add(row)
     try:
         session.commit()
