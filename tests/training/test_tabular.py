@@ -117,6 +117,7 @@ def test_iris_held_out_accuracy_and_predictor(tmp_path):
     dataset = _ingest(tmp_path, iris_csv(tmp_path / "iris.csv"), "iris")
     result = _train(dataset, tmp_path / "w", epochs=60)
     assert result.metrics["accuracy"] >= 0.9, result.metrics
+    print(f"\n[iris] held-out test accuracy {result.metrics['accuracy']:.3f}")
     predictor = load_predictor(result.artifact_dir)
     assert isinstance(predictor, TabularPredictor)
     rows = [
@@ -183,6 +184,12 @@ def test_pretrained_on_a_source_task_beats_scratch_on_a_small_target(tmp_path):
     scratch_same = _train(target, tmp_path / "scratch_same", **fine_tune)
     scratch_full = _train(target, tmp_path / "scratch_full", epochs=40, learning_rate=1e-3)
     best_scratch = max(scratch_same.metrics["accuracy"], scratch_full.metrics["accuracy"])
+    print(
+        f"\n[tabular transfer] source {pre.metrics['accuracy']:.3f}; target: pretrained "
+        f"{tuned.metrics['accuracy']:.3f}, scratch same strategy "
+        f"{scratch_same.metrics['accuracy']:.3f}, scratch full "
+        f"{scratch_full.metrics['accuracy']:.3f}"
+    )
     assert tuned.metrics["accuracy"] >= best_scratch + 0.1, (
         tuned.metrics["accuracy"],
         scratch_same.metrics["accuracy"],
