@@ -4,8 +4,8 @@ Preprocessing (a plain JSON object saved in the model's config.json, never a pic
 - numeric columns: standard scaling with the training split's mean and std; a missing
   value becomes the mean (0 after scaling), and a column with missing values in the
   training split gets a 0/1 "was missing" indicator beside it;
-- categorical columns: one-hot over the categories seen in the training split; a
-  missing or unseen category is all zeros.
+- categorical columns: one-hot over the categories seen in the training split (the 64
+  most frequent); a missing, unseen or rarer category is all zeros.
 
 As a TransferModel the MLP has no stem (identity), blocks = its hidden layers
 (Linear -> ReLU -> Dropout), no pooling, and a linear head. It has no pretrained
@@ -16,6 +16,7 @@ weights: "pretrained" is a seeded random init, as for tiny_cnn; transfer comes f
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from app.training.errors import DatasetError, InvalidInput
 TASK = "tabular_classification"
 HIDDEN = (128, 128, 64)
 DROPOUT = 0.1
+MAX_CATEGORIES = 64  # one-hot columns per categorical feature; rarer values are all zeros
 DEFAULT_INPUTS = 16  # only for listing a parameter count; real models size to the data
 MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}
 
@@ -64,8 +66,10 @@ def fit_preprocessing(manifest: dict, rows: list[dict]) -> dict:
                 }
             )
         else:
-            cats = sorted({str(v) for v in present})
-            features.append({"column": col, "type": "categorical", "categories": cats})
+            # The most frequent categories only: an id-like column must not blow the width up.
+            counts = Counter(str(v) for v in present)
+            kept = sorted(counts, key=lambda c: (-counts[c], c))[:MAX_CATEGORIES]
+            features.append({"column": col, "type": "categorical", "categories": sorted(kept)})
     width = sum(
         (1 + f["indicator"]) if f["type"] == "numeric" else len(f["categories"]) for f in features
     )

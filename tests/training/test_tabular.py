@@ -215,3 +215,12 @@ def test_auto_and_progressive_run_through_the_same_machinery(tmp_path, strategy)
         rates = {g["group"]: g["lr"] for g in result.history[-1]["schedule"] if g["trainable"]}
         assert rates["head"] == pytest.approx(1e-2)
         assert all(rate <= rates["head"] for rate in rates.values())
+
+
+def test_an_id_like_categorical_column_keeps_only_its_frequent_values():
+    rows = [{"id": str(i % 500)} for i in range(2000)] + [{"id": "7"}] * 10
+    pre = fit_preprocessing(
+        {"feature_columns": ["id"], "feature_types": {"id": "categorical"}}, rows
+    )
+    assert pre["width"] == 64 and "7" in pre["features"][0]["categories"]
+    assert json.loads(json.dumps(pre)) == pre  # plain JSON, nothing else
