@@ -322,7 +322,7 @@ def list_base_models() -> list[dict]:
                 "num_blocks": num_blocks,
                 "weights_present": spec.weights_file() is not None,
                 "description": spec.description,
-                "default_image_size": spec.default_image_size,
+                "default_image_size": spec.default_image_size or None,  # None: not images
             }
         )
     return out
