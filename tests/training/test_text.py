@@ -156,3 +156,33 @@ def test_continue_from_a_text_model_with_other_classes(topics, tmp_path):
     assert torch.equal(
         new_state["blocks.3.output.dense.weight"], state["blocks.3.output.dense.weight"]
     )
+
+
+@pytest.mark.parametrize(("trainable_blocks", "level"), [(0, 7), (2, 4)])
+def test_frozen_encoder_layers_run_once_through_the_feature_cache(
+    topics, tmp_path, trainable_blocks, level
+):
+    """Head only: pooled embeddings are cached (level 7 = after pooling); top 2 layers
+    trainable: the output of layer 4 of 6 is cached and only the top runs per epoch."""
+    from app.training.loop import LoopOptions, fit
+    from app.training.schedule import plan_schedule
+
+    data = text.load_text_dataset(topics, max_length=24)
+    model = build_model(base_model="minilm-l6", num_classes=4, pretrained=True)
+    plans = plan_schedule(
+        strategy="partial",
+        num_blocks=6,
+        epochs=1,
+        learning_rate=1e-3,
+        trainable_blocks=trainable_blocks,
+        unfreeze_every=1,
+        lr_decay=0.5,
+    )
+    result = fit(
+        model=model,
+        plans=plans,
+        data=data,
+        options=LoopOptions(mean=(), std=(), image_size=0, modality="text", batch_size=16),
+        work_dir=tmp_path,
+    )
+    assert result.feature_level == level
