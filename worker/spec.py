@@ -11,6 +11,7 @@ from app.registry.models import Model, UploadedBaseModel
 from app.storage.local import LocalStorage
 from app.training.api import TrainConfig
 from app.training.errors import EngineError
+from app.training.uploads import load_upload
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -39,7 +40,7 @@ def init_state_for(
         if upload is None or upload.owner_id != owner_id:
             raise EngineError(f"base model {base!r} no longer exists", code="base_model_gone")
         path = storage.base_model_dir(upload.id) / "model.safetensors"
-        return load_file(str(path)), {
+        return load_upload(path, upload.architecture), {
             "architecture": upload.architecture,
             "base_model": base,
             "upload_id": upload.id,

@@ -150,23 +150,37 @@ class MeanPool(nn.Module):
         return (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
+def from_hf_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Hugging Face BertModel state dict (`embeddings.*`, `encoder.layer.<i>.*`, as in
+    the package or any MiniLM-L6-H384 checkpoint) in TransferModel names (`stem.*`,
+    `blocks.<i>.*`); the pooler and position_ids are dropped. Other names pass through."""
+    if not any(k.startswith(("embeddings.", "encoder.layer.")) for k in state):
+        return state
+    out = {}
+    for k, v in state.items():
+        k = k.removeprefix("bert.")
+        if k.startswith("embeddings.") and k != "embeddings.position_ids":
+            out["stem." + k.removeprefix("embeddings.")] = v
+        elif k.startswith("encoder.layer."):
+            out["blocks." + k.removeprefix("encoder.layer.")] = v
+        elif not k.startswith(("pooler.", "embeddings.")):
+            out[k] = v
+    return out
+
+
 def build_minilm(pretrained: bool):  # -> build.Parts
     stem = Embeddings()
     blocks = [EncoderLayer() for _ in range(LAYERS)]
     if pretrained:
         path = weights_file()
         assert path is not None  # check_available ran first
-        state = load_file(str(path))
+        state = from_hf_names(load_file(str(path)))
         stem.load_state_dict(
-            {
-                k.removeprefix("embeddings."): v
-                for k, v in state.items()
-                if k.startswith("embeddings.") and k != "embeddings.position_ids"
-            },
+            {k.removeprefix("stem."): v for k, v in state.items() if k.startswith("stem.")},
             strict=True,
         )
         for i, block in enumerate(blocks):
-            prefix = f"encoder.layer.{i}."
+            prefix = f"blocks.{i}."
             block.load_state_dict(
                 {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)},
                 strict=True,

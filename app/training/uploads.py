@@ -4,9 +4,10 @@ pickle) is recognised by its first bytes and refused before any parser sees it, 
 safetensors files are read with the safetensors library, which cannot run code.
 
 The expected names are those of a TransferModel of the architecture (`stem.*`,
-`blocks.<k>.*`, `head.*`): what GET /v1/models/{id}/export?format=safetensors gives. The
-head may be absent or of any class count (a job gives the model a head for its own
-classes); a tabular MLP's first layer may take any number of encoded features.
+`blocks.<k>.*`, `head.*`): what GET /v1/models/{id}/export?format=safetensors gives;
+for `minilm-l6`, a Hugging Face BertModel checkpoint's names are read too. The head may
+be absent or of any class count (a job gives the model a head for its own classes); a
+tabular MLP's first layer may take any number of encoded features.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from app.training import text
 from app.training.build import build_model, get_base_model
 from app.training.errors import InvalidInput
 
@@ -52,7 +54,7 @@ def inspect_upload(path: Path, architecture: str) -> dict:
     spec = get_base_model(architecture)
     _check_format(path)
     try:
-        state = load_file(str(path))
+        state = load_upload(path, architecture)
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
         raise _refuse(f"not a readable safetensors file: {e}") from None
     first = state.get("blocks.0.0.weight")
@@ -95,3 +97,9 @@ def inspect_upload(path: Path, architecture: str) -> dict:
         "params": sum(v.numel() for k, v in state.items() if v.is_floating_point()),
         "num_classes": num_classes,
     }
+
+
+def load_upload(path: Path, architecture: str) -> dict[str, torch.Tensor]:
+    """The uploaded state dict in TransferModel names (safetensors only, never a pickle)."""
+    state = load_file(str(path))
+    return text.from_hf_names(state) if architecture == "minilm-l6" else state

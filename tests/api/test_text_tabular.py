@@ -153,3 +153,16 @@ def test_uploaded_weights_are_checked_listed_per_owner_and_usable(api, iris, tmp
         ),
         404,
     )
+
+
+def test_a_hugging_face_minilm_checkpoint_uploads_as_minilm_l6(api):
+    """The package's own model.safetensors (BertModel names) is valid minilm-l6 weights."""
+    from app.training import text
+
+    content = text.weights_file().read_bytes()
+    r = _upload(api, content, "minilm-l6", filename="model.safetensors")
+    assert r.status_code == 201, r.text
+    assert r.json()["task"] == "text_classification"
+    assert 22_000_000 < r.json()["params"] < 23_000_000
+    err = _error(_upload(api, content, "mlp"), 422, "weights_mismatch")
+    assert "embeddings" in err["message"]

@@ -186,3 +186,26 @@ def test_frozen_encoder_layers_run_once_through_the_feature_cache(
         work_dir=tmp_path,
     )
     assert result.feature_level == level
+
+
+def test_a_job_starts_from_uploaded_hugging_face_weights(topics, tmp_path):
+    from app.training.uploads import inspect_upload, load_upload
+
+    info = inspect_upload(text.weights_file(), "minilm-l6")
+    assert info["num_classes"] is None  # no head in a sentence encoder's checkpoint
+    state = load_upload(text.weights_file(), "minilm-l6")
+    result = train(
+        config=TrainConfig(
+            base_model="minilm-l6",
+            strategy="partial",
+            epochs=20,
+            learning_rate=1e-2,
+            max_length=24,
+            early_stopping_patience=None,
+        ),
+        dataset_dir=topics,
+        work_dir=tmp_path / "w",
+        cache_dir=tmp_path / "cache",
+        init_state=state,
+    )
+    assert result.metrics["accuracy"] >= 0.8, result.metrics
