@@ -46,6 +46,19 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
                 code="task_mismatch",
             )
         return {"parent_model_id": parent.id, "architecture": parent.lineage.get("architecture")}
+    if spec.base_model.startswith(base_models.UPLOAD_PREFIX):
+        upload = base_models.get_upload(
+            session=session,
+            owner=owner,
+            upload_id=spec.base_model.removeprefix(base_models.UPLOAD_PREFIX),
+        )
+        if upload.task != task:
+            raise Invalid(
+                f"base_model: {spec.base_model!r} is {upload.architecture} weights for "
+                f"{upload.task}; the dataset is {task}",
+                code="task_mismatch",
+            )
+        return {"upload_id": upload.id, "architecture": upload.architecture}
     info = base_models.check(name=spec.base_model, pretrained=spec.pretrained)
     if info["task"] != task:
         raise Invalid(

@@ -37,3 +37,7 @@ class LocalStorage:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+    def base_model_dir(self, upload_id: str) -> Path:
+        """Uploaded pretrained weights (`upload:<id>`)."""
+        return self.settings.data_dir / "base_models" / upload_id

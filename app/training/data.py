@@ -39,6 +39,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def inputs(self) -> torch.Tensor:
+        """What the loop feeds the model (the name every modality's split shares)."""
+        return self.images
+
 
 @dataclass
 class ImageData:

@@ -9,6 +9,10 @@ run exactly on the CPU.
 Frozen-feature cache: when augmentation is off, the prefix of the network that no epoch
 of the job ever trains (stem + lowest blocks, or the whole backbone for a linear probe)
 runs once per sample per job; training then starts from the cached features.
+
+Modalities: images arrive as uint8 tensors and go through the train/eval presets; text
+(token ids + mask) and tabular (encoded features) tensors go to the model as they are
+(`LoopOptions.modality`). Everything else is the same loop.
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ class LoopOptions:
     feature_cache_limit_bytes: int = 2 * 1024**3
     eval_batch_size: int = 256
     train_bn: bool = True  # False: BN keeps pretrained statistics (see freeze.py)
+    modality: str = "image"  # "text" / "tabular": inputs need no preset (see above)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 @dataclass
@@ -194,13 +203,20 @@ def fit(
     device = resolve_device(o.device)
     cuda = device.type == "cuda"
     ckpt.seed_everything(o.seed)
+    image = o.modality == "image"
+    channels_last = cuda and image
     model.to(device)
-    if cuda:
+    if channels_last:
         model.to(memory_format=torch.channels_last)  # faster convs with cuDNN
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     num_blocks = len(model.blocks)
-    train_preset = TrainPreset(mean=o.mean, std=o.std, image_size=o.image_size, augment=o.augment)
-    eval_preset = EvalPreset(mean=o.mean, std=o.std)
+    if image:
+        train_preset = TrainPreset(
+            mean=o.mean, std=o.std, image_size=o.image_size, augment=o.augment
+        )
+        eval_preset = EvalPreset(mean=o.mean, std=o.std)
+    else:
+        train_preset = eval_preset = _identity  # type: ignore[assignment]
 
     def check_stop() -> None:
         if should_stop():
@@ -212,13 +228,13 @@ def fit(
         return t.to(device)  # no-op on the CPU and for features cached on the GPU
 
     # ---- frozen-feature cache (features.py), else raw images through the whole model
-    level = -1 if o.augment else frozen_level(plans, num_blocks)
+    level = -1 if (o.augment and image) else frozen_level(plans, num_blocks)
     splits = [data.train, data.val] + ([data.test] if evaluate_test else [])
     cached = None
     if level >= 0:
         cached = cache_features(
             model=model,
-            splits=[s.images for s in splits],
+            splits=[s.inputs for s in splits],
             level=level,
             preset=eval_preset,
             to_device=to_device,
@@ -226,11 +242,11 @@ def fit(
             limit_bytes=o.feature_cache_limit_bytes,
             check_stop=check_stop,
             amp=amp,
-            channels_last=cuda,
+            channels_last=channels_last,
         )
     if cached is None:
         level = -1
-        inputs = [_Inputs(s.images, s.labels, -1) for s in splits]
+        inputs = [_Inputs(s.inputs, s.labels, -1) for s in splits]
     else:
         inputs = [_Inputs(t, s.labels, level) for t, s in zip(cached, splits, strict=True)]
     train_in, val_in = inputs[0], inputs[1]
@@ -241,7 +257,7 @@ def fit(
         if inp.level >= 0:
             return model.forward_from(x, inp.level)
         x = train_preset(x) if train else eval_preset(x)
-        if cuda:
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return model(x)
 
