@@ -362,6 +362,7 @@ def fit(
                 loss_sum += float(loss.detach()) * len(b)
                 seen += len(b)
 
+            train_seconds = time.perf_counter() - t0
             epoch_pred, val_loss = predict(val_in)
             val_acc = float((epoch_pred == val_in.labels).float().mean())
             # Ties in accuracy (common on small val sets) go to the lower loss.
@@ -386,6 +387,9 @@ def fit(
                 val_accuracy=val_acc,
                 epoch_seconds=epoch_seconds,
             )
+            # The training steps alone (no validation), for throughput: len(train) / this.
+            report["train_seconds"] = train_seconds
+            report["train_samples"] = seen
             history.append(report)
             stopped = (
                 o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
