@@ -5,13 +5,14 @@ import json
 import logging
 from datetime import timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
 from app.core.db import begin_write, new_id, utcnow
 from app.core.errors import Conflict, Invalid, NotFound
+from app.core.pagination import fetch_page
 from app.datasets import service as datasets
 from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import JobSpec
@@ -138,11 +139,7 @@ def list_(
     query = select(Job).where(Job.owner_id == owner.id)
     if status:
         query = query.where(Job.status == status)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-    )
-    return list(rows), total
+    return fetch_page(session=session, query=query, entity=Job, limit=limit, offset=offset)
 
 
 def cancel(*, session: Session, owner: Owner, job_id: str) -> Job:

@@ -10,16 +10,15 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
 from app.core.db import begin_write, new_id
-from app.core.errors import ApiError, Invalid, NotFound
+from app.core.errors import Invalid, NotFound
 from app.registry.models import UploadedBaseModel
-from app.storage.local import LocalStorage
+from app.storage.local import LocalStorage, copy_bounded
 from app.training import build
 from app.training.errors import EngineError
 from app.training.uploads import inspect_upload
 
 UPLOAD_PREFIX = "upload:"
 WEIGHTS_NAME = "model.safetensors"
-CHUNK = 1024 * 1024
 
 
 def list_all(*, session: Session | None = None, owner: Owner | None = None) -> list[dict]:
@@ -92,7 +91,7 @@ def create_upload(
     scratch = storage.scratch_path(".safetensors")
     final = storage.base_model_dir(upload_id)
     try:
-        size = _copy_bounded(upload, scratch, storage.settings.max_upload_bytes)
+        size = copy_bounded(upload, scratch, storage.settings.max_upload_bytes)
         if size == 0:
             raise Invalid("file: the uploaded file is empty", code="empty_upload")
         try:
@@ -120,19 +119,3 @@ def create_upload(
         shutil.rmtree(final, ignore_errors=True)
         raise
     return row
-
-
-def _copy_bounded(src: BinaryIO, dest: Path, max_bytes: int) -> int:
-    written = 0
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with dest.open("wb") as out:
-        while chunk := src.read(CHUNK):
-            written += len(chunk)
-            if written > max_bytes:
-                raise ApiError(
-                    f"upload is larger than the limit of {max_bytes} bytes",
-                    code="upload_too_large",
-                    status=413,
-                )
-            out.write(chunk)
-    return written

@@ -10,6 +10,7 @@ from PIL import Image
 
 from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
 from app.core.errors import ApiError, Invalid
+from app.core.pagination import page_body
 from app.core.schemas import ErrorResponse, NoNul, Page
 from app.jobs.models import Job
 from app.registry import base_models, report, service
@@ -61,8 +62,7 @@ def list_models(
     offset: Offset = 0,
 ):
     rows, total = service.list_(session=session, owner=owner, limit=limit, offset=offset)
-    nxt = offset + len(rows) if offset + len(rows) < total else None
-    return Page[ModelOut](items=rows, total=total, next_offset=nxt)
+    return page_body(rows, total, offset)
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelOut)
