@@ -3,45 +3,27 @@ the seed's Iris example end to end, a text model on MiniLM-L6, continuing from a
 trained here and from uploaded weights, and predict's input checks per modality."""
 
 import csv
-import os
 import random
 import time
 
-import httpx
 import pytest
 
 from tests.conftest import TEST_KEY
 from tests.csvdata import IRIS_COLUMNS, iris_rows, topics_csv
-from tests.helpers import digits_zip, free_port, start, stop, wait_http, wait_job
+from tests.helpers import digits_zip, embedded_service, wait_job
 
 
 @pytest.fixture
 def service(tmp_path):
-    env = {
-        **os.environ,
-        "FINETUNE_DATA_DIR": str(tmp_path / "var"),
-        "FINETUNE_API_KEY": TEST_KEY,
-        "FINETUNE_HEARTBEAT_SECONDS": "2",
-        "FINETUNE_LEASE_SECONDS": "10",
-        # Small models on a shared 2-core machine: one torch thread contends least.
-        "OMP_NUM_THREADS": "1",
-    }
-    env.pop("FINETUNE_DATABASE_URL", None)
-    env.pop("FINETUNE_BROKER_URL", None)
-    port = free_port()
-    proc = start(["serve", "--port", str(port)], env, tmp_path / "serve.log")
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", 90, proc)
-        yield httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            timeout=60,
-            headers={"Authorization": f"Bearer {TEST_KEY}"},
-        )
-    finally:
-        stop(proc)
-        log = tmp_path / "serve.log"
-        if log.exists():
-            print(f"----- serve.log (tail) -----\n{log.read_text()[-3000:]}")
+    # Small models on a shared 2-core machine: one torch thread contends least.
+    with embedded_service(
+        tmp_path,
+        TEST_KEY,
+        FINETUNE_HEARTBEAT_SECONDS="2",
+        FINETUNE_LEASE_SECONDS="10",
+        OMP_NUM_THREADS="1",
+    ) as client:
+        yield client
 
 
 def _job(client, **spec) -> dict:
