@@ -59,6 +59,10 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     settings.ensure_dirs()
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     app = make_celery(settings)
     import worker.tasks  # noqa: F401  registers the task on the app
 

@@ -1,5 +1,6 @@
 """Test data and process helpers shared by the suites (no mocks: real files, real processes)."""
 
+import contextlib
 import io
 import os
 import socket
@@ -111,3 +112,32 @@ def wait_job(
             return job
         time.sleep(0.3)
     raise TimeoutError(f"job {job_id} still {job['status']} after {deadline_s}s: {job}")
+
+
+@contextlib.contextmanager
+def embedded_service(tmp_path: Path, key: str, **extra_env: str):
+    """A live `finetune serve` on the embedded defaults (SQLite, its own worker) under
+    tmp_path; yields an authenticated client. The log's tail is printed at the end."""
+    env = {
+        **os.environ,
+        "FINETUNE_DATA_DIR": str(tmp_path / "var"),
+        "FINETUNE_API_KEY": key,
+        **extra_env,
+    }
+    env.pop("FINETUNE_DATABASE_URL", None)
+    env.pop("FINETUNE_BROKER_URL", None)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = start(["serve", "--port", str(port)], env, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 90, proc)
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=60,
+            headers={"Authorization": f"Bearer {key}"},
+        ) as client:
+            yield client
+    finally:
+        stop(proc)
+        if log.exists():
+            print(f"----- serve.log (tail) -----\n{log.read_text()[-3000:]}")

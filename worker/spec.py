@@ -7,10 +7,11 @@ from safetensors.torch import load_file
 from sqlalchemy.orm import Session
 
 from app.datasets.models import Dataset
-from app.registry.models import Model
+from app.registry.models import Model, UploadedBaseModel
 from app.storage.local import LocalStorage
 from app.training.api import TrainConfig
 from app.training.errors import EngineError
+from app.training.uploads import load_upload
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -31,8 +32,20 @@ def job_task(*, session: Session, dataset_id: str) -> str:
 def init_state_for(
     *, session: Session, storage: LocalStorage, owner_id: str, spec: dict
 ) -> tuple[dict | None, dict]:
-    """Weights to start from and the lineage to record: a base model, or a model made here."""
+    """Weights to start from and the lineage to record: a base model, uploaded weights
+    (`upload:<id>`, read with safetensors only), or a model made here (`model:<id>`)."""
     base = spec["base_model"]
+    if base.startswith("upload:"):
+        upload = session.get(UploadedBaseModel, base.removeprefix("upload:"))
+        if upload is None or upload.owner_id != owner_id:
+            raise EngineError(f"base model {base!r} no longer exists", code="base_model_gone")
+        path = storage.base_model_dir(upload.id) / "model.safetensors"
+        return load_upload(path, upload.architecture), {
+            "architecture": upload.architecture,
+            "base_model": base,
+            "upload_id": upload.id,
+            "pretrained": True,
+        }
     if not base.startswith("model:"):
         return None, {
             "architecture": base,
@@ -53,3 +66,12 @@ def init_state_for(
         "parents": [parent_id, *parent.lineage.get("parents", [])],
         "pretrained": True,
     }
+
+
+def init_config_for(*, storage: LocalStorage, lineage: dict) -> dict | None:
+    """The config.json of the model a job continues from (a tabular model's
+    preprocessing is reused with its weights), or None."""
+    parent_id = lineage.get("parent_model_id")
+    if parent_id is None:
+        return None
+    return json.loads((storage.model_dir(parent_id) / "config.json").read_text())

@@ -24,7 +24,7 @@ from app.storage.local import LocalStorage
 from app.training.api import train
 from app.training.errors import Cancelled, EngineError
 from worker.celery_app import RUN_JOB
-from worker.spec import init_state_for, job_task, train_config
+from worker.spec import init_config_for, init_state_for, job_task, train_config
 
 log = logging.getLogger("finetune.worker")
 
@@ -136,6 +136,7 @@ def execute(*, job_id: str) -> str:
                 work_dir=work_dir,
                 cache_dir=storage.cache_dir(),
                 init_state=init_state,
+                init_config=init_config_for(storage=storage, lineage=lineage),
                 on_epoch=on_epoch,
                 should_stop=lease.should_stop,
             )

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.models import ApiKey, Owner
-from app.core.db import new_id, utcnow
+from app.core.db import begin_write, new_id, utcnow
 from app.core.errors import NotFound, Unauthorized
 
 KEY_PREFIX = "ft_"
@@ -29,6 +29,7 @@ def _add_key(*, session: Session, owner: Owner, secret: str, name: str) -> ApiKe
 
 def ensure_admin(*, session: Session, configured_key: str | None) -> str | None:
     """Create the admin owner on first start; return a generated key to print once, else None."""
+    begin_write(session)
     admin = session.scalars(select(Owner).where(Owner.is_admin.is_(True))).first()
     generated = None
     if admin is None:
@@ -67,6 +68,7 @@ def authenticate(*, session: Session, secret: str | None) -> Owner:
 
 def create_owner_key(*, session: Session, name: str) -> tuple[Owner, ApiKey, str]:
     """A new owner with its first key; the secret is returned once and never stored."""
+    begin_write(session)
     owner = Owner(id=new_id("own"), name=name, is_admin=False)
     session.add(owner)
     session.flush()
@@ -81,6 +83,7 @@ def list_keys(*, session: Session) -> list[ApiKey]:
 
 
 def revoke_key(*, session: Session, key_id: str) -> ApiKey:
+    begin_write(session)
     key = session.get(ApiKey, key_id)
     if key is None:
         raise NotFound(f"API key {key_id!r} not found")

@@ -45,6 +45,20 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict: JSON, list: JSON}
 
 
+WRITE_OPTION = "finetune_write"
+
+
+def begin_write(session: Session) -> None:
+    """Start the session's next transaction as a write (SQLite: BEGIN IMMEDIATE).
+
+    Call it before the first statement of any unit of work that writes. Ends a read
+    transaction still open in the session first.
+    """
+    if session.in_transaction():
+        session.commit()
+    session.connection(execution_options={WRITE_OPTION: True})
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -69,15 +83,18 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
 
-        # pysqlite's implicit transactions start late; BEGIN IMMEDIATE takes the write lock
-        # up front so two writers queue on busy_timeout instead of deadlocking on upgrade.
+        # pysqlite's own implicit transactions are off; SQLAlchemy's "begin" issues ours.
         @event.listens_for(engine, "connect")
         def _no_pysqlite_begin(dbapi_conn, _record):
             dbapi_conn.isolation_level = None
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(conn):
+            # Reads get a deferred transaction, which in WAL mode blocks nobody. A write
+            # (marked by begin_write) takes the write lock up front, so writers queue on
+            # busy_timeout instead of one failing on a read snapshot gone stale.
+            write = conn.get_execution_options().get(WRITE_OPTION, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)

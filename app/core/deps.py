@@ -1,6 +1,6 @@
 """Dependencies declared once as Annotated aliases and reused by every route."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -13,7 +13,11 @@ from app.core.db import get_sessionmaker
 from app.core.errors import NotFound
 
 
-def get_session() -> Iterator[Session]:
+async def get_session() -> AsyncIterator[Session]:
+    # An async generator on purpose: its exit (closing the session, which ends the
+    # transaction) then runs on the event loop. A sync generator's exit needs a free
+    # threadpool thread, and under load every thread can be waiting for the SQLite write
+    # lock that this very session holds: a convoy that lasts until busy_timeout.
     session = get_sessionmaker()()
     try:
         yield session
@@ -21,7 +25,11 @@ def get_session() -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session closes when the route function returns, before the
+# response is serialised and sent. On SQLite every transaction holds the write lock
+# (BEGIN IMMEDIATE), so a session left open while a slow client reads its response
+# would stall every other request and the workers.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 # Offsets and cursors are bounded by what every backend's integers hold: a larger one
 # would overflow the driver (a 500), so it is a 422 that names the parameter instead.

@@ -4,6 +4,6 @@ from app.auth.models import ApiKey, Owner
 from app.core.db import Base
 from app.datasets.models import Dataset
 from app.jobs.models import Job, JobEvent
-from app.registry.models import Model
+from app.registry.models import Model, UploadedBaseModel
 
-__all__ = ["ApiKey", "Base", "Dataset", "Job", "JobEvent", "Model", "Owner"]
+__all__ = ["ApiKey", "Base", "Dataset", "Job", "JobEvent", "Model", "Owner", "UploadedBaseModel"]

@@ -3,6 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
 from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
+from app.core.pagination import page_body
 from app.core.schemas import NoNul, Page
 from app.datasets import service
 from app.datasets.schemas import DatasetOut, Task
@@ -43,8 +44,7 @@ def list_datasets(
     offset: Offset = 0,
 ):
     rows, total = service.list_(session=session, owner=owner, limit=limit, offset=offset)
-    nxt = offset + len(rows) if offset + len(rows) < total else None
-    return Page[DatasetOut](items=rows, total=total, next_offset=nxt)
+    return page_body(rows, total, offset)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)

@@ -8,8 +8,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
-from app.core.db import new_id
+from app.core.db import begin_write, new_id
 from app.core.errors import ApiError, Conflict, Invalid, NotFound
+from app.core.pagination import fetch_page
 from app.datasets.ingest import (
     IngestError,
     Limits,
@@ -19,26 +20,9 @@ from app.datasets.ingest import (
 )
 from app.datasets.models import Dataset
 from app.jobs.models import Job
-from app.storage.local import LocalStorage
+from app.storage.local import LocalStorage, copy_bounded
 
 ARCHIVE_FORMATS = {"zip", "tar"}
-CHUNK = 1024 * 1024
-
-
-def _copy_bounded(src: BinaryIO, dest: Path, max_bytes: int) -> int:
-    """Copy an upload to disk in chunks, refusing it once it passes `max_bytes`."""
-    written = 0
-    with dest.open("wb") as out:
-        while chunk := src.read(CHUNK):
-            written += len(chunk)
-            if written > max_bytes:
-                raise ApiError(
-                    f"upload is larger than the limit of {max_bytes} bytes",
-                    code="upload_too_large",
-                    status=413,
-                )
-            out.write(chunk)
-    return written
 
 
 def _resolve_task(fmt: str, task: str | None, text_column: str, csv_path: Path) -> str:
@@ -82,7 +66,7 @@ def create(
     partial = final.with_name(final.name + ".partial")
     limits = limits or Limits()
     try:
-        size = _copy_bounded(upload, scratch, storage.settings.max_upload_bytes)
+        size = copy_bounded(upload, scratch, storage.settings.max_upload_bytes)
         if size == 0:
             raise Invalid("the uploaded file is empty", code="empty_upload")
         fmt = sniff_format(scratch)
@@ -121,6 +105,7 @@ def create(
         splits=manifest["splits"],
         meta=meta,
     )
+    begin_write(session)
     session.add(dataset)
     try:
         session.commit()
@@ -140,15 +125,12 @@ def get(*, session: Session, owner: Owner, dataset_id: str) -> Dataset:
 
 def list_(*, session: Session, owner: Owner, limit: int, offset: int) -> tuple[list[Dataset], int]:
     query = select(Dataset).where(Dataset.owner_id == owner.id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
-    )
-    return list(rows), total
+    return fetch_page(session=session, query=query, entity=Dataset, limit=limit, offset=offset)
 
 
 def delete(*, session: Session, owner: Owner, storage: LocalStorage, dataset_id: str) -> None:
     """Delete a dataset that no queued or running job still needs."""
+    begin_write(session)
     dataset = get(session=session, owner=owner, dataset_id=dataset_id)
     busy = session.scalar(
         select(func.count())

@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.core.db import utcnow
+from app.core.db import begin_write, utcnow
 from app.jobs.models import Job, JobEvent
 from app.jobs.service import add_event
 from app.registry.models import Model
@@ -27,6 +27,7 @@ def claim(
     *, session: Session, job_id: str, worker: str, lease_seconds: int, max_attempts: int
 ) -> Claim | None:
     """Take the job if it is queued, or running on an expired lease; None if not ours to run."""
+    begin_write(session)
     now = utcnow()
     job = session.execute(
         select(Job).where(Job.id == job_id).with_for_update()
@@ -84,6 +85,7 @@ def heartbeat(
     *, session: Session, job_id: str, worker: str, lease_seconds: int
 ) -> tuple[bool, bool]:
     """Renew our lease. Returns (still ours, cancel requested)."""
+    begin_write(session)
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker)
@@ -102,6 +104,7 @@ def cancel_requested(*, session: Session, job_id: str) -> bool:
 
 def record_epoch(*, session: Session, job_id: str, worker: str, report: dict) -> bool:
     """Store one epoch's report as progress, history and metrics; False if we lost the job."""
+    begin_write(session)
     job = session.scalar(
         select(Job).where(Job.id == job_id, Job.lease_owner == worker, Job.status == "running")
     )
@@ -139,6 +142,7 @@ def finish(
     leaderboard: list | None = None,
 ) -> bool:
     """Move our running job to its end state (with its model, in the same transaction)."""
+    begin_write(session)
     job = session.execute(
         select(Job).where(Job.id == job_id).with_for_update()
     ).scalar_one_or_none()
@@ -171,6 +175,7 @@ def finish(
 def release(*, session: Session, job_id: str, worker: str) -> None:
     """Give the job back (worker shutting down): another worker may take it at once, and
     the hand-back does not count as a lost worker."""
+    begin_write(session)
     released = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == worker, Job.status == "running")

@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 
 from app.core.db import get_sessionmaker
 from app.core.deps import MAX_OFFSET, CurrentOwner, Offset, SessionDep
+from app.core.pagination import page_body
 from app.core.schemas import Page
 from app.jobs import service
 from app.jobs.schemas import JobEventOut, JobOut, JobSpec
@@ -54,8 +55,7 @@ def list_jobs(
     rows, total = service.list_(
         session=session, owner=owner, status=status, limit=limit, offset=offset
     )
-    nxt = offset + len(rows) if offset + len(rows) < total else None
-    return Page[JobOut](items=rows, total=total, next_offset=nxt)
+    return page_body(rows, total, offset)
 
 
 @router.get("/{job_id}", response_model=JobOut)

@@ -37,6 +37,9 @@ class JobSpec(BaseModel):
     class_weights: Literal["auto"] | None = None
     lr_decay: float = Field(0.5, gt=0, le=1, description="per-block rate factor (progressive)")
     auto_budget_epochs: int = Field(12, ge=1, le=1000, description="search budget (auto)")
+    max_length: int = Field(
+        128, ge=8, le=512, description="text: tokens per input; longer texts are truncated"
+    )
 
     @field_validator("base_model")
     @classmethod

@@ -5,13 +5,14 @@ import json
 import logging
 from datetime import timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
-from app.core.db import new_id, utcnow
+from app.core.db import begin_write, new_id, utcnow
 from app.core.errors import Conflict, Invalid, NotFound
+from app.core.pagination import fetch_page
 from app.datasets import service as datasets
 from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import JobSpec
@@ -46,6 +47,19 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
                 code="task_mismatch",
             )
         return {"parent_model_id": parent.id, "architecture": parent.lineage.get("architecture")}
+    if spec.base_model.startswith(base_models.UPLOAD_PREFIX):
+        upload = base_models.get_upload(
+            session=session,
+            owner=owner,
+            upload_id=spec.base_model.removeprefix(base_models.UPLOAD_PREFIX),
+        )
+        if upload.task != task:
+            raise Invalid(
+                f"base_model: {spec.base_model!r} is {upload.architecture} weights for "
+                f"{upload.task}; the dataset is {task}",
+                code="task_mismatch",
+            )
+        return {"upload_id": upload.id, "architecture": upload.architecture}
     info = base_models.check(name=spec.base_model, pretrained=spec.pretrained)
     if info["task"] != task:
         raise Invalid(
@@ -59,6 +73,7 @@ def create(
     *, session: Session, owner: Owner, spec: JobSpec, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     """Record a queued job; returns (job, created). The caller enqueues after commit."""
+    begin_write(session)
     request_hash = _request_hash(spec)
     if idempotency_key:
         existing = _by_idempotency_key(session, owner, idempotency_key)
@@ -106,6 +121,7 @@ def _replay(job: Job, request_hash: str, key: str) -> Job:
 
 
 def mark_enqueued(*, session: Session, job_id: str) -> None:
+    begin_write(session)
     session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
     session.commit()
 
@@ -123,15 +139,12 @@ def list_(
     query = select(Job).where(Job.owner_id == owner.id)
     if status:
         query = query.where(Job.status == status)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-    )
-    return list(rows), total
+    return fetch_page(session=session, query=query, entity=Job, limit=limit, offset=offset)
 
 
 def cancel(*, session: Session, owner: Owner, job_id: str) -> Job:
     """A queued job is cancelled now; a running one is asked to stop at its next step."""
+    begin_write(session)
     job = get(session=session, owner=owner, job_id=job_id)
     now = utcnow()
     # Guarded updates: the worker may be moving the same row at this moment.

@@ -1,6 +1,7 @@
 """Predict: loaded models stay cached (LRU), concurrent requests are micro-batched.
 
-A request's inputs are decoded in the request's own thread; the batcher then gathers
+A request's inputs are decoded and checked in the request's own thread (images decoded,
+text checked, tabular rows encoded: `predictor.check`); the batcher then gathers
 whatever arrives within `max_delay` (up to `max_batch` inputs) across requests and runs
 one forward pass for all of them in a worker thread, off the event loop.
 """
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.training.inference import Predictor
+from app.training.inference import Predictor, TabularPredictor, TextPredictor, load_predictor
+
+AnyPredictor = Predictor | TextPredictor | TabularPredictor
 
 
 @dataclass
@@ -25,7 +28,7 @@ class _Pending:
 class Batcher:
     """Gathers concurrent requests for one model into batches."""
 
-    def __init__(self, predictor: Predictor, *, max_batch: int, max_delay: float):
+    def __init__(self, predictor: AnyPredictor, *, max_batch: int, max_delay: float):
         self.predictor, self.max_batch, self.max_delay = predictor, max_batch, max_delay
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.task: asyncio.Task | None = None
@@ -56,7 +59,7 @@ class Batcher:
             inputs = [x for p in batch for x in p.inputs]
             top_k = max(p.top_k for p in batch)
             try:
-                results = await asyncio.to_thread(self.predictor.predict_images, inputs, top_k)
+                results = await asyncio.to_thread(self.predictor.predict, inputs, top_k)
             except Exception as exc:  # hand the failure to every waiting request
                 for p in batch:
                     if not p.future.done():
@@ -90,7 +93,7 @@ class ModelCache:
             if model_id in self._items:
                 self._items.move_to_end(model_id)
                 return self._items[model_id]
-        predictor = Predictor.load(artifact_dir, device=self.device)  # slow: outside the lock
+        predictor = load_predictor(artifact_dir, device=self.device)  # slow: outside the lock
         with self._lock:
             batcher = self._items.get(model_id)
             if batcher is None:

@@ -1,12 +1,37 @@
-"""The base models jobs can start from, as the API sees them (the engine owns the list)."""
+"""The base models jobs can start from, as the API sees them (the engine owns the list),
+and the pretrained weights owners upload (`upload:<id>`, visible to their owner only)."""
 
-from app.core.errors import Invalid
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.auth.models import Owner
+from app.core.db import begin_write, new_id
+from app.core.errors import Invalid, NotFound
+from app.registry.models import UploadedBaseModel
+from app.storage.local import LocalStorage, copy_bounded
 from app.training import build
 from app.training.errors import EngineError
+from app.training.uploads import inspect_upload
+
+UPLOAD_PREFIX = "upload:"
+WEIGHTS_NAME = "model.safetensors"
 
 
-def list_all() -> list[dict]:
-    return build.list_base_models()
+def list_all(*, session: Session | None = None, owner: Owner | None = None) -> list[dict]:
+    """Built-in base models, then the owner's uploads (newest first)."""
+    out = build.list_base_models()
+    if session is not None and owner is not None:
+        rows = session.scalars(
+            select(UploadedBaseModel)
+            .where(UploadedBaseModel.owner_id == owner.id)
+            .order_by(UploadedBaseModel.created_at.desc(), UploadedBaseModel.id)
+        )
+        out.extend(upload_out(r) for r in rows)
+    return out
 
 
 def check(*, name: str, pretrained: bool) -> dict:
@@ -15,4 +40,82 @@ def check(*, name: str, pretrained: bool) -> dict:
         build.check_available(name, pretrained)
     except EngineError as exc:
         raise Invalid(f"base_model: {exc.message}", code=exc.code) from exc
-    return next(m for m in list_all() if m["name"] == name)
+    return next(m for m in build.list_base_models() if m["name"] == name)
+
+
+def upload_out(row: UploadedBaseModel) -> dict:
+    return {
+        "name": f"{UPLOAD_PREFIX}{row.id}",
+        "task": row.task,
+        "params": row.params,
+        "weights_present": True,
+        "description": f"uploaded {row.architecture} weights: {row.name}",
+        "extra": {
+            "upload_id": row.id,
+            "architecture": row.architecture,
+            "upload_name": row.name,
+            "size_bytes": row.size_bytes,
+            "created_at": row.created_at.isoformat(),
+        },
+    }
+
+
+def get_upload(*, session: Session, owner: Owner, upload_id: str) -> UploadedBaseModel:
+    """The owner's upload, or 404 (another owner's ids look the same as unknown ones)."""
+    row = session.get(UploadedBaseModel, upload_id)
+    if row is None or row.owner_id != owner.id:
+        raise NotFound(f"base model {UPLOAD_PREFIX}{upload_id} not found")
+    return row
+
+
+def weights_path(storage: LocalStorage, upload_id: str) -> Path:
+    return storage.base_model_dir(upload_id) / WEIGHTS_NAME
+
+
+def create_upload(
+    *,
+    session: Session,
+    owner: Owner,
+    storage: LocalStorage,
+    upload: BinaryIO,
+    architecture: str,
+    name: str,
+) -> UploadedBaseModel:
+    """Validate uploaded safetensors against `architecture` (never unpickling anything)
+    and record them; nothing is left behind on error."""
+    try:
+        build.get_base_model(architecture)
+    except EngineError as exc:
+        raise Invalid(f"architecture: {exc.message}", code=exc.code) from exc
+    upload_id = new_id("bm")
+    scratch = storage.scratch_path(".safetensors")
+    final = storage.base_model_dir(upload_id)
+    try:
+        size = copy_bounded(upload, scratch, storage.settings.max_upload_bytes)
+        if size == 0:
+            raise Invalid("file: the uploaded file is empty", code="empty_upload")
+        try:
+            info = inspect_upload(scratch, architecture)
+        except EngineError as exc:
+            raise Invalid(f"file: {exc.message}", code=exc.code) from exc
+        final.mkdir(parents=True)
+        shutil.move(str(scratch), final / WEIGHTS_NAME)
+    finally:
+        storage.remove(scratch)
+    row = UploadedBaseModel(
+        id=upload_id,
+        owner_id=owner.id,
+        name=name[:200],
+        architecture=architecture,
+        task=info["task"],
+        params=info["params"],
+        size_bytes=size,
+    )
+    begin_write(session)
+    session.add(row)
+    try:
+        session.commit()
+    except Exception:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    return row

@@ -1,15 +1,17 @@
 import io
+import json
 import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import FileResponse, HTMLResponse
 from PIL import Image
 
 from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
 from app.core.errors import ApiError, Invalid
-from app.core.schemas import ErrorResponse, Page
+from app.core.pagination import page_body
+from app.core.schemas import ErrorResponse, NoNul, Page
 from app.jobs.models import Job
 from app.registry import base_models, report, service
 from app.registry.schemas import BaseModelOut, ModelOut, PredictResponse
@@ -21,6 +23,8 @@ from app.training.inference import decode_image
 router = APIRouter(tags=["models"])
 
 MAX_FILES = 64
+MAX_INPUTS = 256  # per JSON predict request (text, tabular)
+MAX_JSON_BYTES = 4 * 1024 * 1024
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
@@ -58,8 +62,7 @@ def list_models(
     offset: Offset = 0,
 ):
     rows, total = service.list_(session=session, owner=owner, limit=limit, offset=offset)
-    nxt = offset + len(rows) if offset + len(rows) < total else None
-    return Page[ModelOut](items=rows, total=total, next_offset=nxt)
+    return page_body(rows, total, offset)
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelOut)
@@ -134,13 +137,46 @@ async def predict(
                 inputs.append(decode_image(data))
             except EngineError as exc:
                 raise Invalid(f"files: {f.filename!r}: {exc.message}", code=exc.code) from exc
+        batcher = request.app.state.models.get(model.id, LocalStorage(settings).model_dir(model.id))
     else:
-        raise Invalid(
-            f"predict for {model.task} models is not available yet", code="unsupported_task"
-        )
-    batcher = request.app.state.models.get(model.id, LocalStorage(settings).model_dir(model.id))
+        body = await _json_body(request, content_type, model.task)
+        top_k = _top_k(body.get("top_k"), len(model.classes))
+        batcher = request.app.state.models.get(model.id, LocalStorage(settings).model_dir(model.id))
+        try:
+            inputs = batcher.predictor.check(body["inputs"])
+        except EngineError as exc:
+            raise Invalid(exc.message, code=exc.code) from exc
     predictions = await batcher.submit(inputs, top_k)
     return {"model_id": model.id, "predictions": predictions}
+
+
+async def _json_body(request: Request, content_type: str, task: str) -> dict:
+    """{"inputs": [...], "top_k"?} of a text or tabular predict request, or a 4xx."""
+    kind = "strings" if task == "text_classification" else "objects {column: value}"
+    if not content_type.startswith("application/json"):
+        raise ApiError(
+            f'a {task} model takes application/json {{"inputs": [{kind}]}}',
+            code="unsupported_media_type",
+            status=415,
+        )
+    raw = await request.body()
+    if len(raw) > MAX_JSON_BYTES:
+        raise ApiError(f"body over {MAX_JSON_BYTES} bytes", code="payload_too_large", status=413)
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(f"body is not valid JSON: {exc}", code="bad_request") from None
+    if not isinstance(body, dict) or "inputs" not in body:
+        raise Invalid(f'inputs: send {{"inputs": [{kind}]}}', code="validation_error")
+    inputs = body["inputs"]
+    if not isinstance(inputs, list) or not inputs:
+        raise Invalid(f"inputs: a non-empty list of {kind}", code="validation_error")
+    if len(inputs) > MAX_INPUTS:
+        raise Invalid(
+            f"inputs: {len(inputs)} inputs; at most {MAX_INPUTS} per request",
+            code="too_many_inputs",
+        )
+    return body
 
 
 @router.get(
@@ -171,7 +207,10 @@ def export_model(
     """The model as safetensors (state dict), TorchScript or ONNX (inputs in [0, 1])."""
     model = service.get(session=session, owner=owner, model_id=model_id)
     session.close()
-    path = export(LocalStorage(settings).model_dir(model.id), format)
+    try:
+        path = export(LocalStorage(settings).model_dir(model.id), format)
+    except EngineError as exc:
+        raise Invalid(exc.message, code=exc.code) from exc
     return FileResponse(
         path,
         media_type="application/octet-stream",
@@ -180,5 +219,33 @@ def export_model(
 
 
 @router.get("/v1/base-models", response_model=list[BaseModelOut], tags=["base-models"])
-def list_base_models(owner: CurrentOwner):
-    return base_models.list_all()
+def list_base_models(owner: CurrentOwner, session: SessionDep):
+    """Built-in base models (text and tabular too), then this owner's uploaded weights."""
+    return base_models.list_all(session=session, owner=owner)
+
+
+@router.post(
+    "/v1/base-models",
+    response_model=BaseModelOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["base-models"],
+)
+def upload_base_model(
+    owner: CurrentOwner,
+    session: SessionDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="a .safetensors state dict")],
+    architecture: Annotated[str, Form(min_length=1, max_length=64), NoNul],
+    name: Annotated[str | None, Form(max_length=200), NoNul] = None,
+):
+    """Pretrained weights for a known architecture, as safetensors (a pickle is refused
+    unread). Usable by this owner as `"base_model": "upload:<id>"`."""
+    row = base_models.create_upload(
+        session=session,
+        owner=owner,
+        storage=LocalStorage(settings),
+        upload=file.file,
+        architecture=architecture.strip(),
+        name=name or file.filename or architecture,
+    )
+    return base_models.upload_out(row)

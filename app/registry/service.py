@@ -1,10 +1,11 @@
 """Trained models: read and list, owner-scoped."""
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
 from app.core.errors import NotFound
+from app.core.pagination import fetch_page
 from app.registry.models import Model
 
 
@@ -17,8 +18,4 @@ def get(*, session: Session, owner: Owner, model_id: str) -> Model:
 
 def list_(*, session: Session, owner: Owner, limit: int, offset: int) -> tuple[list[Model], int]:
     query = select(Model).where(Model.owner_id == owner.id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(Model.created_at.desc(), Model.id).limit(limit).offset(offset)
-    )
-    return list(rows), total
+    return fetch_page(session=session, query=query, entity=Model, limit=limit, offset=offset)

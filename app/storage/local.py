@@ -7,8 +7,29 @@ One directory tree under FINETUNE_DATA_DIR. Scaled out, that directory is a shar
 import shutil
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from app.core.config import Settings
+from app.core.errors import ApiError
+
+CHUNK = 1024 * 1024
+
+
+def copy_bounded(src: BinaryIO, dest: Path, max_bytes: int) -> int:
+    """Copy an upload to disk in chunks, refusing it (413) once it passes `max_bytes`."""
+    written = 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with dest.open("wb") as out:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            if written > max_bytes:
+                raise ApiError(
+                    f"upload is larger than the limit of {max_bytes} bytes",
+                    code="upload_too_large",
+                    status=413,
+                )
+            out.write(chunk)
+    return written
 
 
 class LocalStorage:
@@ -37,3 +58,7 @@ class LocalStorage:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+    def base_model_dir(self, upload_id: str) -> Path:
+        """Uploaded pretrained weights (`upload:<id>`)."""
+        return self.settings.data_dir / "base_models" / upload_id

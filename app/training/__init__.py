@@ -2,10 +2,14 @@
 
 Entry points:
 - api.train(config=TrainConfig(...), dataset_dir=..., work_dir=..., cache_dir=...)
+  (images, text or tabular: the dataset's task picks the loader; the loop is one)
 - build.list_base_models(), build.check_available(name, pretrained), build.fetch_weights
-- inference.Predictor.load(artifact_dir), inference.decode_image(data)
+- inference.load_predictor(artifact_dir) (any task), inference.Predictor.load (images),
+  inference.decode_image(data)
+- uploads.inspect_upload(path, architecture): uploaded safetensors, never a pickle
 - errors: EngineError subclasses carry `code`, `message` and, where known, `field`.
 
-Reading order: presets -> data -> build (+ efficientnet_lite) -> schedule -> freeze ->
-optim -> features -> checkpoint -> loop -> auto -> evaluate -> api -> inference.
+Reading order: presets -> data -> csvdata -> text, tabular -> build (+ efficientnet_lite)
+-> schedule -> freeze -> optim -> features -> checkpoint -> loop -> auto -> evaluate ->
+api -> inference -> uploads.
 """

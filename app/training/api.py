@@ -1,8 +1,9 @@
 """The engine's entry point: `train(config=..., dataset_dir=..., ...)` -> TrainResult.
 
 The worker turns a JobSpec into a TrainConfig and calls `train`; nothing here knows
-about HTTP, Celery or the database. Calling `train` again with the same `work_dir`
-resumes from the last epoch checkpoint.
+about HTTP, Celery or the database. The base model's task (image, text or tabular
+classification) picks the data loader and what the artifact carries; the loop is one.
+Calling `train` again with the same `work_dir` resumes from the last epoch checkpoint.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.training import auto
+from app.training import auto, tabular, text
 from app.training.build import (
     TransferModel,
-    _shape_info,
     build_model,
     check_available,
     get_base_model,
+    num_blocks,
 )
 from app.training.data import load_dataset
-from app.training.errors import InvalidConfig
+from app.training.errors import DatasetError, InvalidConfig
 from app.training.evaluate import classification_metrics
 from app.training.freeze import default_train_bn
 from app.training.loop import LoopOptions, fit, resolve_device
@@ -59,6 +60,7 @@ class TrainConfig:
     class_weights: str | None = None
     lr_decay: float = 0.5
     auto_budget_epochs: int = 12
+    max_length: int = text.DEFAULT_MAX_LENGTH  # text: tokens per input (longer is truncated)
 
 
 @dataclass
@@ -99,6 +101,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.class_weights in (None, "auto"), "class_weights", "null or 'auto'"),
         (0 < config.lr_decay <= 1, "lr_decay", "in (0, 1]"),
         (config.auto_budget_epochs >= 1, "auto_budget_epochs", "at least 1"),
+        (8 <= config.max_length <= text.POSITIONS, "max_length", f"in [8, {text.POSITIONS}]"),
     ]
     for ok, field, need in checks:
         if not ok:
@@ -113,28 +116,65 @@ def train(
     work_dir: Path,
     cache_dir: Path,
     init_state: dict | None = None,
+    init_config: dict | None = None,
     on_epoch: Callable[[dict], None] = lambda r: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> TrainResult:
     """Fine-tune, evaluate on the held-out test split, write work_dir/"model".
 
     Raises Cancelled when should_stop() turns true, EngineError subclasses for a bad
-    config or dataset. `init_state` is the state dict of a model trained here.
+    config or dataset. `init_state` is the state dict of a model trained here (or
+    uploaded); `init_config` that model's config.json (a tabular model's preprocessing
+    is reused, so its first layer sees the features it learned on).
     """
     validate_config(config)
     spec = get_base_model(config.base_model)
     if init_state is None:
         check_available(config.base_model, config.pretrained)
+    blocks = num_blocks(config.base_model)
+    if config.trainable_blocks > blocks + 1:  # refuse before decoding any image
+        raise InvalidConfig(
+            f"trainable_blocks must be at most {blocks + 1} for {config.base_model} "
+            f"({blocks} blocks + stem)",
+            field="trainable_blocks",
+        )
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(
-        dataset_dir,
-        image_size=config.image_size,
-        cache_dir=cache_dir,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-    )
-    num_blocks = _shape_info(config.base_model)[1]
+    task = _dataset_task(dataset_dir)
+    if task != spec.task:
+        raise InvalidConfig(
+            f"base_model {config.base_model!r} is for {spec.task}; the dataset is {task}",
+            field="base_model",
+        )
+    num_inputs = None
+    if task == text.TASK:
+        data = text.load_text_dataset(
+            dataset_dir,
+            max_length=config.max_length,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+        )
+    elif task == tabular.TASK:
+        data = tabular.load_tabular_dataset(
+            dataset_dir,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            preprocessing=(init_config or {}).get("preprocessing"),
+        )
+        num_inputs = data.meta["preprocessing"]["width"]
+        if init_state is not None:
+            _check_tabular_init(init_state, num_inputs)
+    else:
+        data = load_dataset(
+            dataset_dir,
+            image_size=config.image_size,
+            cache_dir=cache_dir,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+        )
+    if init_state is not None and init_config and init_config.get("classes") != data.classes:
+        # Other classes (even as many): the parent's head means nothing here; a fresh one.
+        init_state = {k: v for k, v in init_state.items() if not k.startswith("head.")}
     options = LoopOptions(
         mean=spec.mean,
         std=spec.std,
@@ -149,6 +189,7 @@ def train(
         device=config.device,
         label_smoothing=config.label_smoothing,
         class_weights=config.class_weights,
+        modality=_MODALITY[task],
     )
 
     def make_model() -> TransferModel:
@@ -158,6 +199,7 @@ def train(
             pretrained=config.pretrained,
             state_dict=init_state,
             seed=config.seed,
+            num_inputs=num_inputs,
         )
 
     strategy, trainable_blocks, lr = (
@@ -174,7 +216,7 @@ def train(
             pretrained=has_weights,
             data=data,
             options=options,
-            num_blocks=num_blocks,
+            num_blocks=blocks,
             learning_rate=config.learning_rate,
             lr_decay=config.lr_decay,
             budget_epochs=config.auto_budget_epochs,
@@ -192,7 +234,7 @@ def train(
 
     plans = plan_schedule(
         strategy=strategy,
-        num_blocks=num_blocks,
+        num_blocks=blocks,
         epochs=config.epochs,
         learning_rate=lr,
         trainable_blocks=trainable_blocks,
@@ -223,6 +265,9 @@ def train(
         base_model=config.base_model,
         classes=data.classes,
         image_size=config.image_size,
+        task=task,
+        meta=getattr(data, "meta", {}),
+        max_length=config.max_length,
     )
     assert result.test_pred is not None
     return TrainResult(
@@ -243,31 +288,43 @@ def save_artifact(
     base_model: str,
     classes: list[str],
     image_size: int,
+    task: str = "image_classification",
+    meta: dict | None = None,
+    max_length: int = text.DEFAULT_MAX_LENGTH,
 ) -> Path:
     """model.safetensors + config.json: everything inference needs, with no base-weights
-    package. Written to a sibling temp dir then renamed, so a reader never sees half."""
+    package (a text model gets a copy of its tokenizer files, a tabular model its
+    preprocessing in config.json). Written to a sibling temp dir then renamed, so a
+    reader never sees half."""
     spec = get_base_model(base_model)
+    meta = meta or {}
     artifact_dir = Path(artifact_dir)
     tmp = artifact_dir.with_name(artifact_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, tmp / "model.safetensors")
-    (tmp / "config.json").write_text(
-        json.dumps(
-            {
-                "format": ARTIFACT_FORMAT,
-                "task": "image_classification",
-                "architecture": base_model,
-                "base_model": base_model,
-                "num_classes": len(classes),
-                "classes": classes,
-                "image_size": image_size,
-                "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
-            },
-            indent=2,
+    config = {
+        "format": ARTIFACT_FORMAT,
+        "task": task,
+        "architecture": base_model,
+        "base_model": base_model,
+        "num_classes": len(classes),
+        "classes": classes,
+    }
+    if task == text.TASK:
+        meta["tokenizer"].copy_to(tmp / "tokenizer")
+        config.update(max_length=max_length, tokenizer="tokenizer")
+    elif task == tabular.TASK:
+        config.update(
+            num_inputs=meta["preprocessing"]["width"], preprocessing=meta["preprocessing"]
         )
-    )
+    else:
+        config.update(
+            image_size=image_size,
+            normalisation={"mean": list(spec.mean), "std": list(spec.std)},
+        )
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if artifact_dir.exists():
         shutil.rmtree(artifact_dir)
     os.replace(tmp, artifact_dir)
@@ -280,3 +337,27 @@ def load_artifact(artifact_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     artifact_dir = Path(artifact_dir)
     config = json.loads((artifact_dir / "config.json").read_text())
     return config, load_file(artifact_dir / "model.safetensors")
+
+
+_MODALITY = {"image_classification": "image", text.TASK: "text", tabular.TASK: "tabular"}
+
+
+def _dataset_task(dataset_dir: Path) -> str:
+    try:
+        manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read dataset manifest in {dataset_dir}: {e}") from e
+    task = manifest.get("task", "image_classification")
+    if task not in _MODALITY:
+        raise DatasetError(f"unknown dataset task {task!r}")
+    return task
+
+
+def _check_tabular_init(state: dict[str, torch.Tensor], num_inputs: int) -> None:
+    first = state.get("blocks.0.0.weight")
+    if first is not None and first.shape[1] != num_inputs:
+        raise InvalidConfig(
+            f"the base model takes {first.shape[1]} encoded features; this dataset has "
+            f"{num_inputs}",
+            field="base_model",
+        )

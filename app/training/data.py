@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,11 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """What the loop feeds the model (the name every modality's split shares)."""
+        return self.images
 
 
 @dataclass
@@ -101,7 +107,7 @@ def _cached_images(
     path.parent.mkdir(parents=True, exist_ok=True)
     # Concurrent jobs on the same dataset may race here; both write whole files and the
     # rename is atomic, so a reader never sees a partial cache.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     save_file({"images": images}, tmp)
     os.replace(tmp, path)
     return images

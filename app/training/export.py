@@ -8,6 +8,7 @@ class probabilities (N, C) in the order of config.json's `classes`.
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -44,6 +45,13 @@ def export(artifact_dir: Path, fmt: str) -> Path:
     target = artifact_dir / FILENAMES[fmt]
     if target.exists():
         return target
+    task = json.loads((artifact_dir / "config.json").read_text()).get("task")
+    if task not in (None, "image_classification"):
+        # Text and tabular models need their tokenizer / preprocessing beside the graph.
+        raise InvalidInput(
+            f"a {task} model exports as safetensors (with config.json) only",
+            code="invalid_format",
+        )
     predictor = Predictor.load(artifact_dir, device="cpu")
     wrapped = _Exported(
         predictor.model.float().eval(), predictor.preset.mean, predictor.preset.std

@@ -1,4 +1,11 @@
-"""Load a trained model artifact and predict, with the same eval preset as training."""
+"""Load a trained model artifact and predict, with the same eval preset as training.
+
+`load_predictor(artifact_dir)` picks the predictor for the artifact's task: images
+(`Predictor`), text (`TextPredictor`, with the tokenizer copied into the artifact) or
+tabular (`TabularPredictor`, with the preprocessing from config.json). Each has
+`check(inputs)` (validate a request's inputs, raising InvalidInput naming the problem;
+run in the request, before batching) and `predict(inputs, top_k)`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from app.training import tabular, text
 from app.training.api import load_artifact
 from app.training.build import build_model
 from app.training.errors import InvalidInput
@@ -79,13 +87,109 @@ class Predictor:
         if not images:
             return []
         batch = torch.stack([pil_to_uint8(img, self.image_size) for img in images])
-        probs = self.predict_tensor(batch)
-        k = max(1, min(top_k, len(self.classes)))
-        scores, idx = probs.topk(k, dim=1)
+        return rank(self.predict_tensor(batch), self.classes, top_k)
+
+    task = "image_classification"
+
+    def check(self, inputs: list) -> list:
+        if not all(isinstance(x, Image.Image) for x in inputs):
+            raise InvalidInput("an image model takes images (multipart 'files')")
+        return inputs
+
+    def predict(self, inputs: list, top_k: int = 1) -> list[dict]:
+        return self.predict_images(inputs, top_k)
+
+
+def rank(probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict]:
+    """Class probabilities (N, C) -> [{label, score, top_k: [{label, score}]}]."""
+    k = max(1, min(top_k, len(classes)))
+    scores, idx = probs.topk(k, dim=1)
+    out = []
+    for s_row, i_row in zip(scores.tolist(), idx.tolist(), strict=True):
+        ranked = [{"label": classes[i], "score": s} for s, i in zip(s_row, i_row, strict=True)]
+        out.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
+    return out
+
+
+class _TensorPredictor:
+    """Shared by text and tabular: encode the inputs to one tensor, forward in chunks."""
+
+    task = ""
+
+    def __init__(self, *, model: torch.nn.Module, classes: list[str], device: torch.device):
+        self.model, self.classes, self.device, self.batch_size = model, classes, device, 64
+
+    def encode(self, inputs: list) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check(self, inputs: list) -> list:
+        raise NotImplementedError
+
+    def predict(self, inputs: list, top_k: int = 1) -> list[dict]:
+        if not inputs:
+            return []
+        x = self.encode(inputs)
         out = []
-        for s_row, i_row in zip(scores.tolist(), idx.tolist(), strict=True):
-            ranked = [
-                {"label": self.classes[i], "score": s} for s, i in zip(s_row, i_row, strict=True)
-            ]
-            out.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
-        return out
+        with torch.inference_mode():
+            for chunk in x.split(self.batch_size):
+                out.append(self.model(chunk.to(self.device)).float().softmax(1).cpu())
+        return rank(torch.cat(out), self.classes, top_k)
+
+
+class TextPredictor(_TensorPredictor):
+    task = text.TASK
+
+    def __init__(self, *, tokenizer: text.TextTokenizer, **kw):
+        super().__init__(**kw)
+        self.tokenizer = tokenizer
+        self.batch_size = 32
+
+    def check(self, inputs: list) -> list:
+        return text.check_texts(inputs)
+
+    def encode(self, inputs: list) -> torch.Tensor:
+        return self.tokenizer(inputs)
+
+
+class TabularPredictor(_TensorPredictor):
+    task = tabular.TASK
+
+    def __init__(self, *, preprocessing: dict, **kw):
+        super().__init__(**kw)
+        self.preprocessing = preprocessing
+        self.columns = [f["column"] for f in preprocessing["features"]]
+
+    def check(self, inputs: list) -> list:
+        """Rows are encoded here (in the request): errors name the row and column."""
+        return list(tabular.encode_rows(self.preprocessing, inputs, strict=True))
+
+    def encode(self, inputs: list) -> torch.Tensor:
+        return torch.stack(inputs)
+
+
+def load_predictor(
+    artifact_dir: Path, device: str = "cpu"
+) -> Predictor | TextPredictor | TabularPredictor:
+    """The predictor for the artifact's task."""
+    config, state = load_artifact(artifact_dir)
+    task = config.get("task", "image_classification")
+    if task == "image_classification":
+        return Predictor.load(artifact_dir, device=device)
+    model = build_model(
+        base_model=config["architecture"],
+        num_classes=config["num_classes"],
+        pretrained=False,
+        state_dict=state,
+        num_inputs=config.get("num_inputs"),
+    )
+    dev = torch.device(device)
+    model.to(dev).eval()
+    common = {"model": model, "classes": config["classes"], "device": dev}
+    if task == text.TASK:
+        tokenizer = text.TextTokenizer(
+            Path(artifact_dir) / config["tokenizer"], config["max_length"]
+        )
+        return TextPredictor(tokenizer=tokenizer, **common)
+    if task == tabular.TASK:
+        return TabularPredictor(preprocessing=config["preprocessing"], **common)
+    raise InvalidInput(f"unknown model task {task!r}")

@@ -9,6 +9,10 @@ run exactly on the CPU.
 Frozen-feature cache: when augmentation is off, the prefix of the network that no epoch
 of the job ever trains (stem + lowest blocks, or the whole backbone for a linear probe)
 runs once per sample per job; training then starts from the cached features.
+
+Modalities: images arrive as uint8 tensors and go through the train/eval presets; text
+(token ids + mask) and tabular (encoded features) tensors go to the model as they are
+(`LoopOptions.modality`). Everything else is the same loop.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from app.training import checkpoint as ckpt
 from app.training.build import TransferModel
@@ -61,6 +66,11 @@ class LoopOptions:
     feature_cache_limit_bytes: int = 2 * 1024**3
     eval_batch_size: int = 256
     train_bn: bool = True  # False: BN keeps pretrained statistics (see freeze.py)
+    modality: str = "image"  # "text" / "tabular": inputs need no preset (see above)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 @dataclass
@@ -75,14 +85,23 @@ class FitResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a concrete device (cuda always with its index)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu" or name.startswith("cuda"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not name.startswith("cuda"):
+        raise InvalidConfig(f"unknown device {name!r}; auto, cpu, cuda or cuda:N", field="device")
+    try:
         device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
+    except RuntimeError as e:
+        raise InvalidConfig(f"bad device {name!r}: {e}", field="device") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
             raise InvalidConfig("device is cuda but no CUDA device is available", field="device")
-        return device
-    raise InvalidConfig(f"unknown device {name!r}; auto, cpu, cuda or cuda:N", field="device")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise InvalidConfig(f"no CUDA device {index} on this machine", field="device")
+        device = torch.device("cuda", index)
+    return device
 
 
 class _Inputs:
@@ -105,6 +124,68 @@ def _batches(n: int, size: int, order: torch.Tensor | None = None) -> list[torch
     return parts
 
 
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _group_state(modules: dict[str, nn.Module], groups: list[str]) -> dict[str, torch.Tensor]:
+    """CPU copies of the state of `groups`, keys prefixed with the group name."""
+    return {
+        f"{g}.{k}": v.detach().to("cpu", copy=True)
+        for g in groups
+        for k, v in modules[g].state_dict().items()
+    }
+
+
+def _load_group_state(
+    modules: dict[str, nn.Module], groups: list[str], state: dict[str, torch.Tensor]
+) -> None:
+    for g in groups:
+        prefix = f"{g}."
+        modules[g].load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
+
+
+def _epoch_report(
+    *,
+    epoch: int,
+    plans: list[EpochPlan],
+    model: TransferModel,
+    train_loss: float,
+    val_loss: float,
+    val_accuracy: float,
+    epoch_seconds: list[float],
+) -> dict:
+    """The on_epoch payload; ETA from the mean epoch time so far."""
+    modules = group_modules(model)
+    return {
+        "epoch": epoch + 1,
+        "epochs": len(plans),
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+        "seconds": epoch_seconds[-1],
+        "eta_seconds": (len(plans) - epoch - 1) * sum(epoch_seconds) / len(epoch_seconds),
+        "schedule": [
+            {
+                "group": g.group,
+                "trainable": g.trainable,
+                "lr": g.lr,
+                "params": count_params(modules[g.group]),
+            }
+            for g in plans[epoch].groups
+        ],
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+
+
 def fit(
     *,
     model: TransferModel,
@@ -122,33 +203,38 @@ def fit(
     device = resolve_device(o.device)
     cuda = device.type == "cuda"
     ckpt.seed_everything(o.seed)
+    image = o.modality == "image"
+    channels_last = cuda and image
     model.to(device)
-    if cuda:
+    if channels_last:
         model.to(memory_format=torch.channels_last)  # faster convs with cuDNN
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     num_blocks = len(model.blocks)
-    train_preset = TrainPreset(mean=o.mean, std=o.std, image_size=o.image_size, augment=o.augment)
-    eval_preset = EvalPreset(mean=o.mean, std=o.std)
+    if image:
+        train_preset = TrainPreset(
+            mean=o.mean, std=o.std, image_size=o.image_size, augment=o.augment
+        )
+        eval_preset = EvalPreset(mean=o.mean, std=o.std)
+    else:
+        train_preset = eval_preset = _identity  # type: ignore[assignment]
 
     def check_stop() -> None:
         if should_stop():
             raise Cancelled("stopped by request")
 
     def to_device(t: torch.Tensor) -> torch.Tensor:
-        if t.device == device:  # e.g. features cached on the GPU
-            return t
-        if cuda:
+        if cuda and not t.is_cuda:  # pinned host memory lets the copy overlap compute
             return t.pin_memory().to(device, non_blocking=True)
-        return t
+        return t.to(device)  # no-op on the CPU and for features cached on the GPU
 
     # ---- frozen-feature cache (features.py), else raw images through the whole model
-    level = -1 if o.augment else frozen_level(plans, num_blocks)
+    level = -1 if (o.augment and image) else frozen_level(plans, num_blocks)
     splits = [data.train, data.val] + ([data.test] if evaluate_test else [])
     cached = None
     if level >= 0:
         cached = cache_features(
             model=model,
-            splits=[s.images for s in splits],
+            splits=[s.inputs for s in splits],
             level=level,
             preset=eval_preset,
             to_device=to_device,
@@ -156,11 +242,11 @@ def fit(
             limit_bytes=o.feature_cache_limit_bytes,
             check_stop=check_stop,
             amp=amp,
-            channels_last=cuda,
+            channels_last=channels_last,
         )
     if cached is None:
         level = -1
-        inputs = [_Inputs(s.images, s.labels, -1) for s in splits]
+        inputs = [_Inputs(s.inputs, s.labels, -1) for s in splits]
     else:
         inputs = [_Inputs(t, s.labels, level) for t, s in zip(cached, splits, strict=True)]
     train_in, val_in = inputs[0], inputs[1]
@@ -171,7 +257,7 @@ def fit(
         if inp.level >= 0:
             return model.forward_from(x, inp.level)
         x = train_preset(x) if train else eval_preset(x)
-        if cuda:
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return model(x)
 
@@ -206,22 +292,14 @@ def fit(
     factor = create_scheduler(name=o.scheduler, total_steps=steps_per_epoch * len(plans))
     # Only groups that train at some point change; the rest is rebuilt identically by the
     # caller on resume, so checkpoints stay small for a linear probe.
-    ever = {g for p in plans for g in p.trainable_groups()}
+    ever = [g.group for g in plans[0].groups if any(p.trainable(g.group) for p in plans)]
     modules = group_modules(model)
 
     def trainable_state() -> dict[str, torch.Tensor]:
-        return {
-            f"{g}.{k}": v.detach().to("cpu", copy=True)
-            for g in ever
-            for k, v in modules[g].state_dict().items()
-        }
+        return _group_state(modules, ever)
 
     def load_trainable_state(state: dict[str, torch.Tensor]) -> None:
-        for g in ever:
-            prefix = f"{g}."
-            modules[g].load_state_dict(
-                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            )
+        _load_group_state(modules, ever, state)
 
     fingerprint = {
         "plans": [p.to_dict() for p in plans],
@@ -253,93 +331,90 @@ def fit(
 
     # ---- epochs
     epoch_seconds = [h["seconds"] for h in history]
-    for epoch in range(start, 0 if stopped else len(plans)):
-        t0 = time.perf_counter()
-        plan = plans[epoch]
-        apply_plan(model, plan)
-        sync_optimizer(optimizer, model, plan)
-        set_train_mode(model, plan, train_bn=o.train_bn)
-        order = torch.randperm(
-            len(train_in), generator=torch.Generator().manual_seed(o.seed * 7919 + epoch)
-        )
-        loss_sum, seen = 0.0, 0
-        for b in _batches(len(train_in), o.batch_size, order):
-            check_stop()
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor(step)
-            y = to_device(train_in.labels[b])
-            with amp:
-                logits = logits_of(train_in, b, train=True)
-            loss = F.cross_entropy(
-                logits.float(), y, weight=weight, label_smoothing=o.label_smoothing
+    # A linear head on cached feature vectors is too little work per step to split over
+    # threads: the hand-offs cost more than the math (most of all on a shared CPU).
+    single = level == model.pooled_level and not cuda
+    with _threads(1) if single else contextlib.nullcontext():
+        for epoch in range(start, 0 if stopped else len(plans)):
+            t0 = time.perf_counter()
+            plan = plans[epoch]
+            apply_plan(model, plan)
+            sync_optimizer(optimizer, model, plan)
+            set_train_mode(model, plan, train_bn=o.train_bn)
+            order = torch.randperm(
+                len(train_in), generator=torch.Generator().manual_seed(o.seed * 7919 + epoch)
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_sum += float(loss.detach()) * len(b)
-            seen += len(b)
+            loss_sum, seen = 0.0, 0
+            for b in _batches(len(train_in), o.batch_size, order):
+                check_stop()
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * factor(step)
+                y = to_device(train_in.labels[b])
+                with amp:
+                    logits = logits_of(train_in, b, train=True)
+                loss = F.cross_entropy(
+                    logits.float(), y, weight=weight, label_smoothing=o.label_smoothing
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                loss_sum += float(loss.detach()) * len(b)
+                seen += len(b)
 
-        epoch_pred, val_loss = predict(val_in)
-        val_acc = float((epoch_pred == val_in.labels).float().mean())
-        if val_acc > best["val_accuracy"] or (
-            val_acc == best["val_accuracy"] and val_loss < best["val_loss"]
-        ):
-            best = {
-                "epoch": epoch + 1,
-                "val_accuracy": val_acc,
-                "val_loss": val_loss,
-                "state": trainable_state(),
-            }
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-
-        seconds = time.perf_counter() - t0
-        epoch_seconds.append(seconds)
-        remaining = len(plans) - epoch - 1
-        report = {
-            "epoch": epoch + 1,
-            "epochs": len(plans),
-            "train_loss": loss_sum / max(1, seen),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "seconds": seconds,
-            "eta_seconds": remaining * sum(epoch_seconds) / len(epoch_seconds),
-            "schedule": [
-                {
-                    "group": g.group,
-                    "trainable": g.trainable,
-                    "lr": g.lr,
-                    "params": count_params(modules[g.group]),
+            train_seconds = time.perf_counter() - t0
+            epoch_pred, val_loss = predict(val_in)
+            val_acc = float((epoch_pred == val_in.labels).float().mean())
+            # Ties in accuracy (common on small val sets) go to the lower loss.
+            if (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"]):
+                best = {
+                    "epoch": epoch + 1,
+                    "val_accuracy": val_acc,
+                    "val_loss": val_loss,
+                    "state": trainable_state(),
                 }
-                for g in plan.groups
-            ],
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        }
-        history.append(report)
-        stopped = o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
-        # Checkpoint before reporting: a crash in between repeats a report (same epoch
-        # number, the consumer can dedupe) rather than losing an epoch.
-        ckpt.save_checkpoint(
-            path,
-            {
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
-                "step": step,
-                "model": trainable_state(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": {"name": o.scheduler, "step": step},
-                "best": best,
-                "bad_epochs": bad_epochs,
-                "history": history,
-                "rng": ckpt.rng_state(),
-            },
-        )
-        on_epoch(report)
-        if stopped:
-            log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
-            break
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+
+            epoch_seconds.append(time.perf_counter() - t0)
+            report = _epoch_report(
+                epoch=epoch,
+                plans=plans,
+                model=model,
+                train_loss=loss_sum / max(1, seen),
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+                epoch_seconds=epoch_seconds,
+            )
+            # The training steps alone (no validation), for throughput: len(train) / this.
+            report["train_seconds"] = train_seconds
+            report["train_samples"] = seen
+            history.append(report)
+            stopped = (
+                o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
+            )
+            # Checkpoint before reporting: a crash in between repeats a report (same epoch
+            # number, the consumer can dedupe) rather than losing an epoch.
+            ckpt.save_checkpoint(
+                path,
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "model": trainable_state(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": {"name": o.scheduler, "step": step},
+                    "best": best,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "rng": ckpt.rng_state(),
+                },
+            )
+            on_epoch(report)
+            if stopped:
+                log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
+                break
 
     load_trainable_state(best["state"])
     val_pred, _ = predict(val_in)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,8 +20,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def pil_to_uint8(image: Image.Image, image_size: int) -> torch.Tensor:
-    """RGB, square resize (no crop: small datasets often have the object off-centre)."""
-    rgb = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+    """Upright (EXIF orientation applied, as phones store photos sideways), RGB, square
+    resize (no crop: small datasets often have the object off-centre)."""
+    rgb = (
+        ImageOps.exif_transpose(image)
+        .convert("RGB")
+        .resize((image_size, image_size), Image.Resampling.BILINEAR)
+    )
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 

@@ -69,3 +69,20 @@ def test_pretrained_false_trains_from_random_init(digits_small: Path, tmp_path: 
     assert not torch.equal(trained["stem.conv.weight"], pre.stem.conv.weight)
     scratch = build_model(base_model="efficientnet_lite0", num_classes=10, pretrained=False)
     assert torch.equal(trained["stem.conv.weight"], scratch.stem.conv.weight)  # frozen
+
+
+def test_bad_config_is_refused_before_any_work(tmp_path: Path) -> None:
+    import pytest
+
+    from app.training.errors import InvalidConfig
+
+    for field, value in [("trainable_blocks", 6), ("epochs", 0), ("strategy", "magic")]:
+        config = TrainConfig(base_model="tiny_cnn", **{field: value})
+        with pytest.raises(InvalidConfig) as info:
+            train(
+                config=config,
+                dataset_dir=tmp_path / "absent",
+                work_dir=tmp_path / "w",
+                cache_dir=tmp_path / "c",
+            )
+        assert info.value.field == field

@@ -68,3 +68,36 @@ def test_checkpoint_of_another_config_is_refused(digits_small: Path, tmp_path: P
     config.learning_rate = 0.5
     with pytest.raises(CheckpointMismatch):
         train(config=config, **kw)
+
+
+def test_auto_job_resumes_without_searching_again(digits_small: Path, tmp_path: Path) -> None:
+    config = TrainConfig(
+        base_model="tiny_cnn",
+        strategy="auto",
+        epochs=3,
+        learning_rate=0.05,
+        batch_size=16,
+        image_size=32,
+        auto_budget_epochs=4,
+        early_stopping_patience=None,
+        device="cpu",
+    )
+    kw = {"config": config, "dataset_dir": digits_small, "cache_dir": tmp_path / "cache"}
+    whole = train(work_dir=tmp_path / "whole", **kw)
+    stop = {"now": False}
+
+    def on_epoch(report: dict) -> None:
+        stop["now"] = report.get("phase") != "search" and report["epoch"] == 1
+
+    with pytest.raises(Cancelled):
+        train(work_dir=tmp_path / "split", on_epoch=on_epoch, should_stop=lambda: stop["now"], **kw)
+    reports: list[dict] = []
+    resumed = train(work_dir=tmp_path / "split", on_epoch=reports.append, **kw)
+    assert [r.get("phase") for r in reports] == [None, None]  # no candidate ran again
+    assert [r["epoch"] for r in reports] == [2, 3]
+
+    def untimed(board: list[dict]) -> list[dict]:
+        return [{k: v for k, v in e.items() if k != "seconds"} for e in board]
+
+    assert untimed(resumed.leaderboard) == untimed(whole.leaderboard)
+    assert resumed.metrics == whole.metrics

