@@ -16,11 +16,11 @@ def test_auto_returns_leaderboard_and_trains_the_best(digits_small: Path, tmp_pa
     config = TrainConfig(
         base_model="tiny_cnn",
         strategy="auto",
-        epochs=3,
+        epochs=2,
         learning_rate=0.05,
         image_size=32,
         batch_size=16,
-        auto_budget_epochs=8,
+        auto_budget_epochs=4,
         device="cpu",
     )
     reports = []
@@ -46,10 +46,10 @@ def test_auto_returns_leaderboard_and_trains_the_best(digits_small: Path, tmp_pa
     ranks = [(-e["val_accuracy"], e["val_loss"]) for e in board]
     assert ranks == sorted(ranks)
     assert board[0].get("chosen") is True
-    assert sum(e["epochs"] for e in board) <= 8
-    # the final run (3 epochs) follows the winner's freezing
+    assert sum(e["epochs"] for e in board) <= 4
+    # the final run (2 epochs) follows the winner's freezing
     final = [r for r in reports if r.get("phase") != "search"]
-    assert len(final) == 3 and len(result.history) == 3
+    assert len(final) == 2 and len(result.history) == 2
     trained = {s["group"] for s in final[0]["schedule"] if s["trainable"]}
     expected_top = {"partial": 1 + board[0]["trainable_blocks"], "full": 5, "progressive": 2}[
         board[0]["strategy"]

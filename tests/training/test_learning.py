@@ -15,7 +15,7 @@ from .conftest import make_digits_dataset
 @pytest.fixture(scope="module")
 def digits_lite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_digits_dataset(
-        tmp_path_factory.mktemp("digits_lite"), train_per_class=24, test_per_class=10, size=48
+        tmp_path_factory.mktemp("digits_lite"), train_per_class=20, test_per_class=10, size=48
     )
 
 
@@ -24,7 +24,7 @@ def test_head_only_lite0_learns_digits(digits_lite: Path, tmp_path: Path) -> Non
         base_model="efficientnet_lite0",
         strategy="partial",
         trainable_blocks=0,
-        epochs=15,
+        epochs=12,
         learning_rate=3e-3,
         image_size=48,
         batch_size=32,
