@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.training.data import MIN_PER_CLASS_TRAIN, _stratified_take
+from app.training.data import split_indices
 from app.training.errors import DatasetError
 
 
@@ -79,25 +79,8 @@ def split_rows(
     except KeyError as e:
         raise DatasetError(f"a row's label {e.args[0]!r} is not in the class list") from None
     splits = np.array([r.get(split_column) or "train" for r in rows])
-    train_idx = np.flatnonzero(splits == "train")
-    val_idx = np.flatnonzero(splits == "val")
-    test_idx = np.flatnonzero(splits == "test")
-    counts = np.bincount(labels[train_idx], minlength=len(classes))
-    if (counts < MIN_PER_CLASS_TRAIN).any():
-        short = [classes[c] for c in np.flatnonzero(counts < MIN_PER_CLASS_TRAIN)]
-        raise DatasetError(
-            f"dataset too small: classes {short} have fewer than {MIN_PER_CLASS_TRAIN} "
-            "training rows",
-            code="dataset_too_small",
-        )
-    if len(test_idx) == 0:
-        raise DatasetError("dataset has no held-out test split", code="dataset_too_small")
-    if len(val_idx) == 0:
-        if not 0.0 < val_fraction < 1.0:
-            raise DatasetError("val_fraction must be in (0, 1) when the dataset has no val split")
-        rng = np.random.RandomState(seed)
-        train_idx, val_idx = _stratified_take(train_idx, labels, val_fraction, rng)
-    return classes, labels, {"train": train_idx, "val": val_idx, "test": test_idx}
+    idx = split_indices(labels, splits, classes, val_fraction=val_fraction, seed=seed, unit="rows")
+    return classes, labels, idx
 
 
 def make_splits(

@@ -113,6 +113,38 @@ def _cached_images(
     return images
 
 
+def split_indices(
+    labels: np.ndarray,
+    splits: np.ndarray,
+    classes: list[str],
+    *,
+    val_fraction: float,
+    seed: int,
+    unit: str,
+) -> dict[str, np.ndarray]:
+    """Indices of train / val / test from each sample's split; without a val split, a
+    stratified `val_fraction` of train (seeded). Refuses data too small to train on."""
+    train_idx = np.flatnonzero(splits == "train")
+    val_idx = np.flatnonzero(splits == "val")
+    test_idx = np.flatnonzero(splits == "test")
+    counts = np.bincount(labels[train_idx], minlength=len(classes))
+    if (counts < MIN_PER_CLASS_TRAIN).any():
+        short = [classes[c] for c in np.flatnonzero(counts < MIN_PER_CLASS_TRAIN)]
+        raise DatasetError(
+            f"dataset too small: classes {short} have fewer than {MIN_PER_CLASS_TRAIN} "
+            f"training {unit}",
+            code="dataset_too_small",
+        )
+    if len(test_idx) == 0:
+        raise DatasetError("dataset has no held-out test split", code="dataset_too_small")
+    if len(val_idx) == 0:
+        if not 0.0 < val_fraction < 1.0:
+            raise DatasetError("val_fraction must be in (0, 1) when the dataset has no val split")
+        rng = np.random.RandomState(seed)
+        train_idx, val_idx = _stratified_take(train_idx, labels, val_fraction, rng)
+    return {"train": train_idx, "val": val_idx, "test": test_idx}
+
+
 def _stratified_take(
     indices: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.RandomState
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -146,24 +178,10 @@ def load_dataset(
         raise DatasetError("a sample label is outside the class list")
     splits = np.array([s.get("split", "train") for s in samples])
 
-    train_idx = np.flatnonzero(splits == "train")
-    test_idx = np.flatnonzero(splits == "test")
-    val_idx = np.flatnonzero(splits == "val")
-    counts = np.bincount(labels[train_idx], minlength=len(classes))
-    if (counts < MIN_PER_CLASS_TRAIN).any():
-        short = [classes[c] for c in np.flatnonzero(counts < MIN_PER_CLASS_TRAIN)]
-        raise DatasetError(
-            f"dataset too small: classes {short} have fewer than {MIN_PER_CLASS_TRAIN} "
-            "training images",
-            code="dataset_too_small",
-        )
-    if len(test_idx) == 0:
-        raise DatasetError("dataset has no held-out test split", code="dataset_too_small")
-    if len(val_idx) == 0:
-        if not 0.0 < val_fraction < 1.0:
-            raise DatasetError("val_fraction must be in (0, 1) when the dataset has no val split")
-        rng = np.random.RandomState(seed)
-        train_idx, val_idx = _stratified_take(train_idx, labels, val_fraction, rng)
+    idx = split_indices(
+        labels, splits, classes, val_fraction=val_fraction, seed=seed, unit="images"
+    )
+    train_idx, val_idx, test_idx = idx["train"], idx["val"], idx["test"]
 
     images = _cached_images(dataset_dir, manifest_bytes, samples, image_size, cache_dir)
     y = torch.from_numpy(labels)
