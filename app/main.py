@@ -18,8 +18,12 @@ from app.jobs.reconciler import Reconciler
 from app.jobs.router import router as jobs_router
 from app.predictions.service import ModelCache
 from app.registry.router import router as models_router
+from app.storage.local import LocalStorage
 
 log = logging.getLogger("finetune")
+
+# An upload older than this in the scratch area was interrupted (its API was killed).
+SCRATCH_MAX_AGE_S = 6 * 3600
 
 
 def announce_admin_key(key: str) -> None:
@@ -34,6 +38,8 @@ def announce_admin_key(key: str) -> None:
 async def lifespan(app: FastAPI):
     settings = get_settings()
     settings.ensure_dirs()
+    for path in LocalStorage(settings).sweep_scratch(older_than_s=SCRATCH_MAX_AGE_S):
+        log.info("removed scratch left by an interrupted upload: %s", path)
     if settings.torch_threads:
         import torch
 

@@ -1,3 +1,4 @@
+import asyncio
 import io
 import json
 import warnings
@@ -88,6 +89,16 @@ def _declared_pixels(data: bytes) -> int:
         return 0
 
 
+def _decode_all(blobs: list[tuple[str | None, bytes]]) -> list:
+    images = []
+    for filename, data in blobs:
+        try:
+            images.append(decode_image(data))
+        except EngineError as exc:
+            raise Invalid(f"files: {filename!r}: {exc.message}", code=exc.code) from exc
+    return images
+
+
 def _top_k(value, n_classes: int) -> int:
     try:
         k = int(value) if value not in (None, "") else 1
@@ -122,7 +133,8 @@ async def predict(
         if not files or any(isinstance(f, str) for f in files):
             raise Invalid("files: send one or more image files as 'files'", code="missing_files")
         top_k = _top_k(form.get("top_k"), len(model.classes))
-        inputs, pixels = [], 0
+        pixels = 0
+        blobs = []
         for f in files:
             data = await f.read()
             pixels += _declared_pixels(data)
@@ -133,15 +145,18 @@ async def predict(
                     code="too_many_pixels",
                     status=413,
                 )
-            try:
-                inputs.append(decode_image(data))
-            except EngineError as exc:
-                raise Invalid(f"files: {f.filename!r}: {exc.message}", code=exc.code) from exc
-        batcher = request.app.state.models.get(model.id, LocalStorage(settings).model_dir(model.id))
+            blobs.append((f.filename, data))
+        # Decoding and a first model load are CPU work: off the event loop.
+        inputs = await asyncio.to_thread(_decode_all, blobs)
+        batcher = await asyncio.to_thread(
+            request.app.state.models.get, model.id, LocalStorage(settings).model_dir(model.id)
+        )
     else:
         body = await _json_body(request, content_type, model.task)
         top_k = _top_k(body.get("top_k"), len(model.classes))
-        batcher = request.app.state.models.get(model.id, LocalStorage(settings).model_dir(model.id))
+        batcher = await asyncio.to_thread(
+            request.app.state.models.get, model.id, LocalStorage(settings).model_dir(model.id)
+        )
         try:
             inputs = batcher.predictor.check(body["inputs"])
         except EngineError as exc:

@@ -5,6 +5,7 @@ One directory tree under FINETUNE_DATA_DIR. Scaled out, that directory is a shar
 """
 
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO
@@ -51,6 +52,26 @@ class LocalStorage:
     def scratch_path(self, suffix: str = "") -> Path:
         """A fresh path for an upload in flight, on the same filesystem as its destination."""
         return self.settings.data_dir / "uploads" / f"{uuid.uuid4().hex}{suffix}"
+
+    def sweep_scratch(self, *, older_than_s: float) -> list[Path]:
+        """Remove uploads in flight and half-ingested datasets left by a killed process.
+
+        Only what is older than `older_than_s`: another API replica may be mid-upload.
+        """
+        cutoff = time.time() - older_than_s
+        leftovers = [
+            *(self.settings.data_dir / "uploads").glob("*"),
+            *self.settings.datasets_dir.glob("*.partial"),
+        ]
+        removed = []
+        for path in leftovers:
+            try:
+                if path.lstat().st_mtime < cutoff:
+                    self.remove(path)
+                    removed.append(path)
+            except FileNotFoundError:
+                continue
+        return removed
 
     @staticmethod
     def remove(path: Path) -> None:
