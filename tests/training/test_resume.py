@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from app.training.api import TrainConfig, train
 from app.training.errors import Cancelled, CheckpointMismatch
 
-TIMING = ("seconds", "eta_seconds")
+TIMING = ("seconds", "eta_seconds", "train_seconds")
 
 
 def without_timing(history: list[dict]) -> list[dict]:
