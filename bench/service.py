@@ -36,18 +36,26 @@ KEY = "ft_bench_admin_key_0123456789abcdefghijklmn"
 BACKBONE = "efficientnet_lite0"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def wait_done(client: httpx.Client, job_id: str, deadline_s: float = 1800) -> dict:
+def wait_done(
+    client: httpx.Client, job_id: str, deadline_s: float = 1800, poll_s: float = 0.05
+) -> dict:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if job["status"] in ("succeeded", "failed", "cancelled"):
             return job
-        time.sleep(0.05)
+        time.sleep(poll_s)
     raise TimeoutError(job_id)
 
 
@@ -201,7 +209,7 @@ def main() -> None:
             # 2. full fine-tuning throughput inside a job vs a bare training loop
             batch = 32
             full = {**spec, "strategy": "full", "epochs": 2, "batch_size": batch}
-            job = wait_done(client, client.post("/v1/jobs", json=full).json()["id"])
+            job = wait_done(client, client.post("/v1/jobs", json=full).json()["id"], poll_s=1.0)
             assert job["status"] == "succeeded", job
             job_ips = max(h["train_samples"] / h["train_seconds"] for h in job["history"])
             n_train = job["history"][0]["train_samples"]
@@ -242,13 +250,20 @@ def main() -> None:
                 t = time.perf_counter()
                 predict_one(0)
                 single[i] = time.perf_counter() - t
+            server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
             calls, _ = concurrent(16, args.seconds, predict_one)
+            server_cpu = cpu_seconds(server.pid) - server_cpu
+            client_cpu = time.process_time() - client_cpu
             service_ips = calls / args.seconds
             trained = build_model(base_model=BACKBONE, num_classes=10, pretrained=True).eval()
             b16 = bare_predict(trained, images, 16, 30)
             b1 = bare_predict(trained, images, 1, 60)
             bare_ips16 = 16 / statistics.median(b16)
             p50_single, p50_b1 = statistics.median(single), statistics.median(b1)
+            results["predict_cpu_ms_per_request"] = {
+                "server": server_cpu / calls * 1e3,
+                "client": client_cpu / calls * 1e3,
+            }
             results["predict"] = {
                 "service_images_per_s": service_ips,
                 "bare_b16_images_per_s": bare_ips16,
