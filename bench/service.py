@@ -280,6 +280,14 @@ def main() -> None:
             )
             rows.append(
                 (
+                    "  CPU per predict request: API server / bench clients (same 2 cores)",
+                    f"{server_cpu / calls * 1e3:.1f} / {client_cpu / calls * 1e3:.1f} ms",
+                    "",
+                    "(profile)",
+                )
+            )
+            rows.append(
+                (
                     "predict p50 latency − bare batch-1 forward",
                     f"{p50_single * 1e3:.1f} − {p50_b1 * 1e3:.1f} ms",
                     f"{(p50_single - p50_b1) * 1e3:.1f} ms",

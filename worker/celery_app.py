@@ -39,7 +39,7 @@ def broker_options(settings: Settings) -> dict:
             "data_folder_out": str(queue),
             "control_folder": str(control),
             "store_processed": False,
-            "polling_interval": 0.25,
+            "polling_interval": 0.05,  # a listdir: cheap, and it is queue latency
         }
     return {"visibility_timeout": VISIBILITY_TIMEOUT}
 

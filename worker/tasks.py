@@ -181,7 +181,9 @@ def execute(*, job_id: str) -> str:
 
     model_id = new_id("mdl")
     model_dir = storage.model_dir(model_id)
-    shutil.copytree(result.artifact_dir, model_dir)
+    # Same filesystem (both under FINETUNE_DATA_DIR): a rename, not a copy.
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(result.artifact_dir, model_dir)
     model = Model(
         id=model_id,
         owner_id=owner_id,

@@ -115,6 +115,13 @@ def _lite_weights_file(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+@functools.lru_cache(maxsize=2)
+def _lite_state(path: str, name: str) -> dict[str, torch.Tensor]:
+    """The converted ImageNet weights, read once per process: a worker runs many jobs."""
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    return efficientnet_lite.convert_state(raw, name)
+
+
 def _build_lite(name: str, pretrained: bool) -> Parts:
     stem, blocks, features, dropout = efficientnet_lite.build_lite(name)
     holder = TransferModel(stem=stem, blocks=blocks, num_features=features, num_classes=1000)
@@ -122,8 +129,7 @@ def _build_lite(name: str, pretrained: bool) -> Parts:
         return stem, blocks, features, dropout, None
     path = _lite_weights_file(name)
     assert path is not None  # check_available ran first
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    holder.load_state_dict(efficientnet_lite.convert_state(raw, name), strict=True)
+    holder.load_state_dict(_lite_state(str(path), name), strict=True)
     return stem, blocks, features, dropout, holder.head
 
 
