@@ -10,13 +10,15 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 
-def write_digits(root: Path, *, per_class: dict[str, int], size: int, seed: int = 0) -> Path:
+def write_digits(
+    root: Path, *, per_class: dict[str, int], size: int, classes: int = 10, seed: int = 0
+) -> Path:
     """per_class: split -> images per class, e.g. {"train": 10, "test": 30}."""
     digits = load_digits()
     rng = np.random.RandomState(seed)
     (root / "files").mkdir(parents=True, exist_ok=True)
     samples = []
-    for c in range(10):
+    for c in range(classes):
         idx = rng.permutation(np.flatnonzero(digits.target == c))
         start = 0
         for split, n in per_class.items():
@@ -29,7 +31,7 @@ def write_digits(root: Path, *, per_class: dict[str, int], size: int, seed: int 
             start += n
     manifest = {
         "task": "image_classification",
-        "classes": [str(c) for c in range(10)],
+        "classes": [str(c) for c in range(classes)],
         "samples": samples,
     }
     (root / "manifest.json").write_text(json.dumps(manifest))

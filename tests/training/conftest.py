@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from sklearn.datasets import load_digits
+
+from bench.digits import write_digits
 
 torch.set_num_threads(2)
 
@@ -25,30 +23,8 @@ def make_digits_dataset(
     seed: int = 0,
 ) -> Path:
     """Write upscaled 8x8 digits as PNGs plus manifest.json; returns the dataset dir."""
-    digits = load_digits()
-    rng = np.random.RandomState(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "files").mkdir(exist_ok=True)
-    samples = []
-    for c in range(classes):
-        idx = rng.permutation(np.flatnonzero(digits.target == c))
-        take = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
-        start = 0
-        for split, n in take.items():
-            for i in idx[start : start + n]:
-                pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
-                img = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR)
-                rel = f"files/{len(samples):06d}.png"
-                img.convert("RGB").save(root / rel)
-                samples.append({"path": rel, "label": c, "split": split})
-            start += n
-    manifest = {
-        "task": "image_classification",
-        "classes": [str(c) for c in range(classes)],
-        "samples": samples,
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
+    per_class = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
+    return write_digits(root, per_class=per_class, size=size, classes=classes, seed=seed)
 
 
 @pytest.fixture(scope="session")
