@@ -211,6 +211,20 @@ def finished(job: dict) -> bool:
     return job["status"] in TERMINAL
 
 
+def train_tiny_model(client: httpx.Client, dataset_id: str) -> dict:
+    """One epoch of tiny_cnn at 32 px on `dataset_id`, waited for; the succeeded job."""
+    spec = {
+        "dataset_id": dataset_id,
+        "base_model": "tiny_cnn",
+        "strategy": "full",
+        "epochs": 1,
+        "image_size": 32,
+    }
+    job = poll(client, client.post("/v1/jobs", json=spec).json()["id"], finished, 60)
+    assert job["status"] == "succeeded", job
+    return job
+
+
 def events(client: httpx.Client, job_id: str) -> list[dict]:
     r = client.get(f"/v1/jobs/{job_id}/events")
     assert r.status_code == 200, r.text

@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.datasets.conftest import png_bomb_header
 from tests.helpers import digit_images, png_bytes
-from tests.reliability.conftest import Live, finished, poll, upload_digits
+from tests.reliability.conftest import Live, train_tiny_model, upload_digits
 
 MiB = 1024 * 1024
 
@@ -20,18 +20,7 @@ def model(dist: Live, tmp_path_factory):
     dist.ensure_workers(1)
     client = dist.new_owner()
     ds = upload_digits(client, tmp_path_factory.mktemp("predict") / "d.zip", 6, 3)
-    job = client.post(
-        "/v1/jobs",
-        json={
-            "dataset_id": ds["id"],
-            "base_model": "tiny_cnn",
-            "strategy": "full",
-            "epochs": 1,
-            "image_size": 32,
-        },
-    ).json()
-    job = poll(client, job["id"], finished, 60)
-    assert job["status"] == "succeeded", job
+    job = train_tiny_model(client, ds["id"])
     yield client, job["model_id"]
     client.close()
 

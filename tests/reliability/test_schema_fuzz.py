@@ -23,7 +23,7 @@ from schemathesis.checks import (
 )
 
 from tests.conftest import TEST_KEY
-from tests.reliability.conftest import Live, finished, poll, upload_digits
+from tests.reliability.conftest import Live, train_tiny_model, upload_digits
 
 EXAMPLES = 25
 CHECKS = [
@@ -44,18 +44,7 @@ def target(request, tmp_path_factory) -> tuple[Live, dict]:
     live.ensure_workers(1)
     with live.client() as admin:
         ds = upload_digits(admin, tmp_path_factory.mktemp("fuzz") / "d.zip", 6, 2)
-        job = admin.post(
-            "/v1/jobs",
-            json={
-                "dataset_id": ds["id"],
-                "base_model": "tiny_cnn",
-                "strategy": "full",
-                "epochs": 1,
-                "image_size": 32,
-            },
-        ).json()
-        job = poll(admin, job["id"], finished, 60)
-        assert job["status"] == "succeeded", job
+        job = train_tiny_model(admin, ds["id"])
     for proc in live.workers:
         Live.kill(proc)
     yield (
