@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.auth.router import router as admin_router
-from app.auth.service import ensure_admin
+from app.auth.service import KeyCache, ensure_admin
 from app.core.config import get_settings
 from app.core.db import get_sessionmaker
 from app.core.errors import install_error_handlers
@@ -70,6 +70,7 @@ def create_app() -> FastAPI:
         description="Transfer learning by fine-tuning, as a REST service.",
         responses={k: {"model": ErrorResponse} for k in (400, 401, 404, 409, 413, 422)},
     )
+    app.state.keys = KeyCache(ttl=settings.auth_cache_seconds)
     install_error_handlers(app)
     for router in (health_router, datasets_router, jobs_router, models_router, admin_router):
         app.include_router(router)

@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 
 from app.auth import service
@@ -46,7 +46,7 @@ def list_keys(_: AdminOwner, session: SessionDep):
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)
-def revoke_key(key_id: str, _: AdminOwner, session: SessionDep):
-    return KeyOut.model_validate(
-        service.revoke_key(session=session, key_id=key_id), from_attributes=True
-    )
+def revoke_key(key_id: str, request: Request, _: AdminOwner, session: SessionDep):
+    key = service.revoke_key(session=session, key_id=key_id)
+    request.app.state.keys.clear()  # this process stops trusting it now, not in ttl seconds
+    return KeyOut.model_validate(key, from_attributes=True)

@@ -2,6 +2,7 @@
 
 import hashlib
 import secrets
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -64,6 +65,35 @@ def authenticate(*, session: Session, secret: str | None) -> Owner:
             if owner is not None:
                 return owner
     raise Unauthorized("missing or invalid API key; send 'Authorization: Bearer <key>'")
+
+
+class KeyCache:
+    """Owners of keys that authenticated in the last `ttl` seconds, so most requests
+    authenticate without reading the database. Only successes are kept. A key revoked
+    through this process is forgotten at once (`clear`); one revoked elsewhere (the CLI,
+    another API process) stops working within `ttl` seconds. `ttl` 0 turns it off."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._items: dict[str, tuple[float, Owner]] = {}
+
+    def get(self, secret: str) -> Owner | None:
+        hit = self._items.get(hash_secret(secret)) if self.ttl > 0 else None
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, secret: str, owner: Owner) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._items) >= self.MAX_ENTRIES:
+            self._items.clear()
+        self._items[hash_secret(secret)] = (time.monotonic() + self.ttl, owner)
+
+    def clear(self) -> None:
+        self._items.clear()
 
 
 def create_owner_key(*, session: Session, name: str) -> tuple[Owner, ApiKey, str]:

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     predict_max_batch: int = 16
     predict_max_delay_ms: float = 5.0
     model_cache_size: int = 4
+    # A key that authenticated is trusted this long without a database read; a key
+    # revoked by the CLI or another API process stops working within it (0: read always).
+    auth_cache_seconds: float = 5.0
     torch_threads: int = 0  # 0: leave torch's default
     log_level: str = "INFO"
 

@@ -5,9 +5,10 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.auth.models import Owner
-from app.auth.service import authenticate
+from app.auth.service import KeyCache, authenticate
 from app.core.config import Settings, get_settings
 from app.core.db import get_sessionmaker
 from app.core.errors import NotFound
@@ -43,11 +44,20 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def current_owner(request: Request, session: SessionDep) -> Owner:
-    owner = authenticate(session=session, secret=_bearer(request))
-    # End the read transaction now: on SQLite every transaction holds the write lock
-    # (BEGIN IMMEDIATE), and the route may do slow work (an upload) before its next query.
-    session.commit()
+def _authenticate(secret: str | None) -> Owner:
+    # Its own short session: the route's session is not opened for authentication, and
+    # the returned Owner (expire_on_commit=False) stays readable after it closes.
+    with get_sessionmaker()() as session:
+        return authenticate(session=session, secret=secret)
+
+
+async def current_owner(request: Request) -> Owner:
+    secret = _bearer(request)
+    keys: KeyCache = request.app.state.keys
+    owner = keys.get(secret) if secret else None
+    if owner is None:  # not seen lately: ask the database, off the event loop
+        owner = await run_in_threadpool(_authenticate, secret)
+        keys.put(secret, owner)
     request.state.owner_id = owner.id
     return owner
 
@@ -55,7 +65,7 @@ def current_owner(request: Request, session: SessionDep) -> Owner:
 CurrentOwner = Annotated[Owner, Depends(current_owner)]
 
 
-def admin_owner(owner: CurrentOwner) -> Owner:
+async def admin_owner(owner: CurrentOwner) -> Owner:
     # 404, not 403: the admin surface does not exist for other owners.
     if not owner.is_admin:
         raise NotFound("not found")

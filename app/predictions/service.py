@@ -1,21 +1,38 @@
 """Predict: loaded models stay cached (LRU), concurrent requests are micro-batched.
 
-A request's inputs are decoded and checked in the request's own thread (images decoded,
-text checked, tabular rows encoded: `predictor.check`); the batcher then gathers
-whatever arrives within `max_delay` (up to `max_batch` inputs) across requests and runs
-one forward pass for all of them in a worker thread, off the event loop.
+A model's row (owner, task, classes) is remembered too, so a request for a cached model
+reads nothing from the database: a trained model never changes and is never deleted.
+
+A request's inputs are decoded and checked in the request (images decoded and resized,
+text checked, tabular rows encoded: `predictor.check`). Each loaded model then has one
+batcher thread that runs every forward pass for it: it takes whatever requests are
+queued (up to `max_batch` inputs) the moment the previous pass ends, so it never waits
+for the event loop, and it waits up to `max_delay` for more only while other requests
+for the model are still being read (`Batcher.arrival`). A lone request therefore never
+waits, and a stream of them fills batches.
 """
 
 import asyncio
+import contextlib
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Histogram
+
 from app.training.inference import Predictor, TabularPredictor, TextPredictor, load_predictor
 
 AnyPredictor = Predictor | TextPredictor | TabularPredictor
+
+BATCH_SIZE = Histogram(
+    "finetune_predict_batch_inputs",
+    "Inputs per predict forward pass (requests batched together)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 
 
 @dataclass
@@ -23,47 +40,98 @@ class _Pending:
     inputs: list[Any]
     top_k: int
     future: asyncio.Future = field(repr=False)
+    loop: asyncio.AbstractEventLoop = field(repr=False)
+
+
+class _Arrival:
+    """A request for the model that is being read and has not been submitted yet."""
+
+    submitted = False
+
+
+def _settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None):
+    if future.done():  # the request went away (client disconnected)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class Batcher:
-    """Gathers concurrent requests for one model into batches."""
+    """Gathers concurrent requests for one model into batches, run by its own thread."""
 
     def __init__(self, predictor: AnyPredictor, *, max_batch: int, max_delay: float):
         self.predictor, self.max_batch, self.max_delay = predictor, max_batch, max_delay
-        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self.task: asyncio.Task | None = None
+        self._queue: deque[_Pending] = deque()
+        self._queued_inputs = 0
+        self._arriving = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
-    async def submit(self, inputs: list[Any], top_k: int) -> list[dict]:
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._run())
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending(inputs, top_k, future))
-        return await future
+    @contextlib.contextmanager
+    def arrival(self) -> Iterator[_Arrival]:
+        """Wrap the reading of a request's inputs: while any request is inside, the
+        batcher may wait (up to max_delay) for it to join the next batch."""
+        arrival = _Arrival()
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield arrival
+        finally:
+            if not arrival.submitted:  # it failed (4xx) before submitting
+                with self._cond:
+                    self._arriving -= 1
+                    self._cond.notify()
 
-    async def _run(self) -> None:
+    async def submit(
+        self, inputs: list[Any], top_k: int, arrival: _Arrival | None = None
+    ) -> list[dict]:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
+        pending = _Pending(inputs, top_k, loop.create_future(), loop)
+        with self._cond:
+            self._queue.append(pending)
+            self._queued_inputs += len(inputs)
+            if arrival is not None and not arrival.submitted:
+                arrival.submitted = True
+                self._arriving -= 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="predict", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return await pending.future
+
+    def _next_batch(self) -> list[_Pending] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:  # closed (evicted) and drained: the thread ends
+                self._thread = None
+                return None
+            deadline = time.monotonic() + self.max_delay
+            while self._queued_inputs < self.max_batch and self._arriving > 0 and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch = [self._queue.popleft()]
             size = len(batch[0].inputs)
-            deadline = loop.time() + self.max_delay
-            while size < self.max_batch:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), timeout)
-                except TimeoutError:
-                    break
-                batch.append(item)
-                size += len(item.inputs)
+            while self._queue and size + len(self._queue[0].inputs) <= self.max_batch:
+                batch.append(self._queue.popleft())
+                size += len(batch[-1].inputs)
+            self._queued_inputs -= size
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
             inputs = [x for p in batch for x in p.inputs]
-            top_k = max(p.top_k for p in batch)
+            BATCH_SIZE.observe(len(inputs))
             try:
-                results = await asyncio.to_thread(self.predictor.predict, inputs, top_k)
+                results = self.predictor.predict(inputs, max(p.top_k for p in batch))
             except Exception as exc:  # hand the failure to every waiting request
                 for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                    p.loop.call_soon_threadsafe(_settle, p.future, None, exc)
                 continue
             start = 0
             for p in batch:
@@ -71,22 +139,55 @@ class Batcher:
                 start += len(p.inputs)
                 for r in mine:
                     r["top_k"] = r["top_k"][: p.top_k]
-                if not p.future.done():
-                    p.future.set_result(mine)
+                p.loop.call_soon_threadsafe(_settle, p.future, mine)
 
     def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        """Evicted: the thread answers what is queued, then ends. A request that still
+        holds this batcher and submits later starts it again (it is answered, not lost)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What predict needs of a model's row."""
+
+    id: str
+    owner_id: str
+    task: str
+    classes: tuple[str, ...]
 
 
 class ModelCache:
-    """Loaded predictors by model id, least recently used evicted past `capacity`."""
+    """Loaded predictors by model id, least recently used evicted past `capacity`; and
+    the rows of recently used models (many more: they are small)."""
+
+    MAX_INFO = 4096
 
     def __init__(self, *, capacity: int, max_batch: int, max_delay: float, device: str = "cpu"):
         self.capacity, self.max_batch, self.max_delay = capacity, max_batch, max_delay
         self.device = device
         self._items: OrderedDict[str, Batcher] = OrderedDict()
+        self._info: dict[str, ModelInfo] = {}
         self._lock = threading.Lock()
+
+    def info(self, model_id: str) -> ModelInfo | None:
+        return self._info.get(model_id)
+
+    def remember(self, info: ModelInfo) -> ModelInfo:
+        if len(self._info) >= self.MAX_INFO:
+            self._info.clear()
+        self._info[info.id] = info
+        return info
+
+    def peek(self, model_id: str) -> Batcher | None:
+        """The loaded model's batcher if cached (and now most recently used), else None."""
+        with self._lock:
+            batcher = self._items.get(model_id)
+            if batcher is not None:
+                self._items.move_to_end(model_id)
+            return batcher
 
     def get(self, model_id: str, artifact_dir: Path) -> Batcher:
         with self._lock:

@@ -8,13 +8,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import FileResponse, HTMLResponse
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
+from app.core.config import Settings
+from app.core.db import get_sessionmaker
 from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
-from app.core.errors import ApiError, Invalid
+from app.core.errors import ApiError, Invalid, NotFound
 from app.core.pagination import page_body
 from app.core.schemas import ErrorResponse, NoNul, Page
 from app.jobs.models import Job
+from app.predictions.service import Batcher, ModelCache, ModelInfo
 from app.registry import base_models, report, service
+from app.registry.models import Model
 from app.registry.schemas import BaseModelOut, ModelOut, PredictResponse
 from app.storage.local import LocalStorage
 from app.training.errors import EngineError
@@ -115,54 +120,91 @@ def _top_k(value, n_classes: int) -> int:
     openapi_extra=PREDICT_BODY,
     responses={415: {"model": ErrorResponse, "description": "wrong content type for the model"}},
 )
-async def predict(
-    model_id: str, request: Request, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
-):
-    model = service.get(session=session, owner=owner, model_id=model_id)
-    session.close()  # nothing more to read; hold no transaction while decoding and predicting
+async def predict(model_id: str, request: Request, owner: CurrentOwner, settings: SettingsDep):
+    # The hot path reads no database once the model is cached (app.predictions.service).
+    models: ModelCache = request.app.state.models
+    info = models.info(model_id) or await run_in_threadpool(_read_model_info, models, model_id)
+    if info is None or info.owner_id != owner.id:
+        raise NotFound(f"model {model_id!r} not found")
     content_type = request.headers.get("content-type", "")
-    if model.task == "image_classification":
-        if not content_type.startswith("multipart/form-data"):
+    image = info.task == "image_classification"
+    body = None
+    # The content type is checked before a first request loads the model.
+    if not image:
+        body = await _json_body(request, content_type, info.task)
+    elif not content_type.startswith("multipart/form-data"):
+        raise ApiError(
+            "an image model takes multipart/form-data with one or more 'files'",
+            code="unsupported_media_type",
+            status=415,
+        )
+    batcher = await _batcher(models, settings, info.id)
+    with batcher.arrival() as arrival:
+        if body is None:
+            inputs, top_k = await _image_inputs(request, batcher.predictor, len(info.classes))
+        else:
+            top_k = _top_k(body.get("top_k"), len(info.classes))
+            inputs = _checked(batcher.predictor, body["inputs"])
+        predictions = await batcher.submit(inputs, top_k, arrival)
+    return {"model_id": info.id, "predictions": predictions}
+
+
+async def _image_inputs(request: Request, predictor, n_classes: int) -> tuple[list, int]:
+    """The request's images, decoded and prepared at the model's size, and its top_k."""
+    form = await request.form(max_files=MAX_FILES, max_fields=8)
+    files = form.getlist("files")
+    if not files or any(isinstance(f, str) for f in files):
+        raise Invalid("files: send one or more image files as 'files'", code="missing_files")
+    top_k = _top_k(form.get("top_k"), n_classes)
+    pixels = 0
+    blobs = []
+    for f in files:
+        data = await f.read()
+        pixels += _declared_pixels(data)
+        if pixels > MAX_PIXELS:
             raise ApiError(
-                "an image model takes multipart/form-data with one or more 'files'",
-                code="unsupported_media_type",
-                status=415,
+                f"files: the images declare {pixels} pixels up to {f.filename!r}; one "
+                f"predict request decodes at most {MAX_PIXELS} (send fewer or smaller images)",
+                code="too_many_pixels",
+                status=413,
             )
-        form = await request.form(max_files=MAX_FILES, max_fields=8)
-        files = form.getlist("files")
-        if not files or any(isinstance(f, str) for f in files):
-            raise Invalid("files: send one or more image files as 'files'", code="missing_files")
-        top_k = _top_k(form.get("top_k"), len(model.classes))
-        pixels = 0
-        blobs = []
-        for f in files:
-            data = await f.read()
-            pixels += _declared_pixels(data)
-            if pixels > MAX_PIXELS:
-                raise ApiError(
-                    f"files: the images declare {pixels} pixels up to {f.filename!r}; one "
-                    f"predict request decodes at most {MAX_PIXELS} (send fewer or smaller images)",
-                    code="too_many_pixels",
-                    status=413,
-                )
-            blobs.append((f.filename, data))
-        # Decoding and a first model load are CPU work: off the event loop.
-        inputs = await asyncio.to_thread(_decode_all, blobs)
-        batcher = await asyncio.to_thread(
-            request.app.state.models.get, model.id, LocalStorage(settings).model_dir(model.id)
+        blobs.append((f.filename, data))
+    # Decoding is CPU work: off the event loop, unless it is too little to be worth the
+    # hand-off to a thread.
+    if pixels <= INLINE_DECODE_PIXELS:
+        return _checked(predictor, _decode_all(blobs)), top_k
+    images = await asyncio.to_thread(_decode_all, blobs)
+    return await asyncio.to_thread(_checked, predictor, images), top_k
+
+
+def _checked(predictor, inputs: list) -> list:
+    try:
+        return predictor.check(inputs)
+    except EngineError as exc:
+        raise Invalid(exc.message, code=exc.code) from exc
+
+
+# About one 512 x 512 image: decoding it costs less than a thread hand-off under load.
+INLINE_DECODE_PIXELS = 512 * 512
+
+
+def _read_model_info(models: ModelCache, model_id: str) -> ModelInfo | None:
+    with get_sessionmaker()() as session:
+        model = session.get(Model, model_id)
+        if model is None:
+            return None
+        return models.remember(
+            ModelInfo(
+                id=model.id, owner_id=model.owner_id, task=model.task, classes=tuple(model.classes)
+            )
         )
-    else:
-        body = await _json_body(request, content_type, model.task)
-        top_k = _top_k(body.get("top_k"), len(model.classes))
-        batcher = await asyncio.to_thread(
-            request.app.state.models.get, model.id, LocalStorage(settings).model_dir(model.id)
-        )
-        try:
-            inputs = batcher.predictor.check(body["inputs"])
-        except EngineError as exc:
-            raise Invalid(exc.message, code=exc.code) from exc
-    predictions = await batcher.submit(inputs, top_k)
-    return {"model_id": model.id, "predictions": predictions}
+
+
+async def _batcher(models: ModelCache, settings: Settings, model_id: str) -> Batcher:
+    """The cached model's batcher; a first load (seconds of CPU) runs off the event loop."""
+    return models.peek(model_id) or await asyncio.to_thread(
+        models.get, model_id, LocalStorage(settings).model_dir(model_id)
+    )
 
 
 async def _json_body(request: Request, content_type: str, task: str) -> dict:

@@ -13,6 +13,7 @@ from PIL import Image
 from app.training.api import TrainConfig, train
 from app.training.errors import InvalidInput
 from app.training.inference import Predictor, decode_image
+from app.training.presets import EvalPreset
 
 
 def test_predictor_round_trip(digits_small: Path, tmp_path: Path) -> None:
@@ -54,6 +55,31 @@ def test_predictor_round_trip(digits_small: Path, tmp_path: Path) -> None:
     probs = predictor.predict_tensor(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     assert probs.shape == (2, 10)
     torch.testing.assert_close(probs.sum(1), torch.ones(2))
+
+
+@pytest.mark.parametrize("base_model", ["tiny_cnn", "efficientnet_lite0"])
+def test_optimised_predictor_runs_a_frozen_graph_that_matches_eager(base_model: str) -> None:
+    from app.training.build import build_model, get_base_model
+
+    spec = get_base_model(base_model)
+    torch.manual_seed(0)
+    model = build_model(base_model=base_model, num_classes=5, pretrained=False).eval()
+    predictor = Predictor(
+        model=model,
+        classes=list("abcde"),
+        image_size=40,
+        preset=EvalPreset(mean=spec.mean, std=spec.std),
+        device=torch.device("cpu"),
+    )
+    batch = torch.randint(0, 256, (7, 3, 40, 40), dtype=torch.uint8)
+    eager = predictor.predict_tensor(batch)
+    assert predictor.optimise().forward is not model
+    assert isinstance(predictor.forward, torch.jit.ScriptModule)
+    for n in (1, 2, 7):  # traced at batch 2: other batch sizes give the same answers
+        torch.testing.assert_close(
+            predictor.predict_tensor(batch[:n]), eager[:n], atol=1e-4, rtol=0
+        )
+    assert predictor.model is model  # exports still trace the eager model
 
 
 def png_bytes(size: tuple[int, int] = (20, 20)) -> bytes:
