@@ -6,9 +6,10 @@ from pydantic import BaseModel, Field
 
 from app.auth import service
 from app.core.deps import AdminOwner, SessionDep
+from app.core.routing import Route
 from app.core.schemas import NoNul
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=Route)
 
 
 class KeyCreate(BaseModel):

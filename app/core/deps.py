@@ -26,10 +26,10 @@ async def get_session() -> AsyncIterator[Session]:
         session.close()
 
 
-# scope="function": the session closes when the route function returns, before the
-# response is serialised and sent. On SQLite every transaction holds the write lock
-# (BEGIN IMMEDIATE), so a session left open while a slow client reads its response
-# would stall every other request and the workers.
+# scope="function": the session closes once the response is serialised, before it is
+# sent, so a slow client reading its response holds no transaction (on SQLite a write
+# transaction blocks every other writer). Sync routes end their read transaction even
+# earlier, when they return (app.core.routing.Route).
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 # Offsets and cursors are bounded by what every backend's integers hold: a larger one

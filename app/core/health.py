@@ -9,10 +9,11 @@ from sqlalchemy import func, select, text
 from app.core.db import get_engine, get_sessionmaker
 from app.core.deps import SettingsDep
 from app.core.errors import error_body
+from app.core.routing import Route
 from app.jobs.models import Job
 from worker.celery_app import get_celery
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=Route)
 
 
 @router.get("/healthz")

@@ -4,12 +4,13 @@ from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
 from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
 from app.core.pagination import page_body
+from app.core.routing import Route
 from app.core.schemas import NoNul, Page
 from app.datasets import service
 from app.datasets.schemas import DatasetOut, Task
 from app.storage.local import LocalStorage
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=Route)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)

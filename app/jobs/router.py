@@ -9,12 +9,13 @@ from fastapi.responses import StreamingResponse
 from app.core.db import get_sessionmaker
 from app.core.deps import MAX_OFFSET, CurrentOwner, Offset, SessionDep
 from app.core.pagination import page_body
+from app.core.routing import Route
 from app.core.schemas import Page
 from app.jobs import service
 from app.jobs.schemas import JobEventOut, JobOut, JobSpec
 from worker.celery_app import enqueue_job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=Route)
 log = logging.getLogger(__name__)
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]

@@ -15,6 +15,7 @@ from app.core.db import get_sessionmaker
 from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
 from app.core.errors import ApiError, Invalid, NotFound
 from app.core.pagination import page_body
+from app.core.routing import Route
 from app.core.schemas import ErrorResponse, NoNul, Page
 from app.jobs.models import Job
 from app.predictions.service import Batcher, ModelCache, ModelInfo
@@ -26,7 +27,7 @@ from app.training.errors import EngineError
 from app.training.export import export
 from app.training.inference import decode_image
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=Route)
 
 MAX_FILES = 64
 MAX_INPUTS = 256  # per JSON predict request (text, tabular)

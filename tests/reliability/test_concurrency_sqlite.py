@@ -107,3 +107,33 @@ def test_sqlite_api_and_worker_writing_at_once(embedded: Live, tmp_path):
         f"p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, "
         f"max {latencies[-1] * 1000:.0f} ms, statuses {dict(statuses)}"
     )
+
+
+def test_many_concurrent_readers_never_starve_the_connection_pool(embedded: Live):
+    """80 clients polling at once. FastAPI validates a sync route's response in a
+    threadpool thread; a session still holding its connection through that wait once
+    deadlocked the pool (40 threads waiting for a connection, 15 connections waiting for
+    a thread): 30 s stalls, then 500s."""
+    key = embedded.new_owner().headers["Authorization"]
+    statuses: Counter = Counter()
+    worst = [0.0]
+    lock = threading.Lock()
+    end = time.monotonic() + 8
+
+    def reader() -> None:
+        with httpx.Client(base_url=embedded.base, timeout=60, headers={"Authorization": key}) as c:
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                r = c.get("/v1/jobs", params={"limit": 5})
+                with lock:
+                    statuses[r.status_code] += 1
+                    worst[0] = max(worst[0], time.monotonic() - t0)
+
+    threads = [threading.Thread(target=reader) for _ in range(80)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert set(statuses) == {200}, statuses
+    assert worst[0] < 15, f"a request waited {worst[0]:.1f} s (the pool times out at 30 s)"
+    print(f"\n[sqlite] 80 readers: {sum(statuses.values())} requests, worst {worst[0]:.1f} s")
