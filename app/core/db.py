@@ -80,7 +80,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # SQLite connections are cheap to keep and costly to churn (each new one runs the
+        # pragmas): keep enough for every threadpool thread (40) plus the API's own.
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=48,
+            max_overflow=16,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
 
         # pysqlite's own implicit transactions are off; SQLAlchemy's "begin" issues ours.

@@ -2,6 +2,7 @@
 jobs stay queued, which is what these tests need)."""
 
 import io
+import time
 
 import pytest
 
@@ -55,6 +56,21 @@ def test_auth_missing_wrong_and_revoked_keys_get_the_same_401(api):
         r = api.get("/v1/datasets", headers=headers)
         bodies.append(_error(r, 401, "unauthorized"))
     assert all(b == bodies[0] for b in bodies)
+
+
+def test_a_key_revoked_elsewhere_stops_working_within_the_auth_cache_ttl(api):
+    from app.auth import service
+    from app.core.db import get_sessionmaker
+
+    bob = api.post("/v1/admin/keys", json={"name": "bob"}).json()
+    headers = {"Authorization": f"Bearer {bob['key']}"}
+    api.app.state.keys.ttl = 0.5
+    assert api.get("/v1/datasets", headers=headers).status_code == 200  # now cached
+    with get_sessionmaker()() as session:  # as `finetune keys revoke` or another API would
+        service.revoke_key(session=session, key_id=bob["id"])
+    assert api.get("/v1/datasets", headers=headers).status_code == 200  # trusted a while
+    time.sleep(0.6)
+    _error(api.get("/v1/datasets", headers=headers), 401, "unauthorized")
 
 
 def test_non_admin_cannot_create_keys(api):
