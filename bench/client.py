@@ -8,7 +8,6 @@ ready-made body costs about 0.4 ms, so the table measures the service, not the c
 from __future__ import annotations
 
 import http.client
-import json
 
 BOUNDARY = "finetune-bench-boundary"
 
@@ -53,12 +52,3 @@ class LeanClient:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
-
-    def json(self, method: str, path: str, **kw) -> dict:
-        status, data = self.request(method, path, **kw)
-        if status >= 400:
-            raise RuntimeError(f"{method} {path}: {status} {data[:300]!r}")
-        return json.loads(data)
-
-    def close(self) -> None:
-        self.conn.close()

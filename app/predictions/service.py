@@ -40,7 +40,10 @@ class _Pending:
     inputs: list[Any]
     top_k: int
     future: asyncio.Future = field(repr=False)
-    loop: asyncio.AbstractEventLoop = field(repr=False)
+
+    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        """Hand the outcome to the request's event loop (called from the batcher thread)."""
+        self.future.get_loop().call_soon_threadsafe(_settle, self.future, result, error)
 
 
 class _Arrival:
@@ -88,8 +91,7 @@ class Batcher:
     async def submit(
         self, inputs: list[Any], top_k: int, arrival: _Arrival | None = None
     ) -> list[dict]:
-        loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, top_k, loop.create_future(), loop)
+        pending = _Pending(inputs, top_k, asyncio.get_running_loop().create_future())
         with self._cond:
             self._queue.append(pending)
             self._queued_inputs += len(inputs)
@@ -131,7 +133,7 @@ class Batcher:
                 results = self.predictor.predict(inputs, max(p.top_k for p in batch))
             except Exception as exc:  # hand the failure to every waiting request
                 for p in batch:
-                    p.loop.call_soon_threadsafe(_settle, p.future, None, exc)
+                    p.settle(error=exc)
                 continue
             start = 0
             for p in batch:
@@ -139,7 +141,7 @@ class Batcher:
                 start += len(p.inputs)
                 for r in mine:
                     r["top_k"] = r["top_k"][: p.top_k]
-                p.loop.call_soon_threadsafe(_settle, p.future, mine)
+                p.settle(mine)
 
     def close(self) -> None:
         """Evicted: the thread answers what is queued, then ends. A request that still
@@ -190,10 +192,8 @@ class ModelCache:
             return batcher
 
     def get(self, model_id: str, artifact_dir: Path) -> Batcher:
-        with self._lock:
-            if model_id in self._items:
-                self._items.move_to_end(model_id)
-                return self._items[model_id]
+        if (cached := self.peek(model_id)) is not None:
+            return cached
         predictor = load_predictor(artifact_dir, device=self.device)  # slow: outside the lock
         with self._lock:
             batcher = self._items.get(model_id)

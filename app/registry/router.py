@@ -173,9 +173,13 @@ async def _image_inputs(request: Request, predictor, n_classes: int) -> tuple[li
     # Decoding is CPU work: off the event loop, unless it is too little to be worth the
     # hand-off to a thread.
     if pixels <= INLINE_DECODE_PIXELS:
-        return _checked(predictor, _decode_all(blobs)), top_k
-    images = await asyncio.to_thread(_decode_all, blobs)
-    return await asyncio.to_thread(_checked, predictor, images), top_k
+        return _prepared(predictor, blobs), top_k
+    return await asyncio.to_thread(_prepared, predictor, blobs), top_k
+
+
+def _prepared(predictor, blobs: list[tuple[str | None, bytes]]) -> list:
+    """Decoded, then resized to the model's size (predictor.check)."""
+    return _checked(predictor, _decode_all(blobs))
 
 
 def _checked(predictor, inputs: list) -> list:

@@ -57,7 +57,7 @@ class Predictor:
         self.preset, self.device, self.batch_size = preset, device, batch_size
         # What predict runs on a uint8 batch: the preset then the eager model, or after
         # optimise() one frozen graph of both.
-        self.forward = _Normalised(model, preset).to(device)
+        self.forward = _Normalised(model, preset)
 
     @classmethod
     def load(cls, artifact_dir: Path, device: str = "cpu") -> Predictor:
@@ -134,12 +134,10 @@ class _Normalised(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, preset: EvalPreset):
         super().__init__()
-        self.model = model
-        self.register_buffer("mean", preset.mean.clone())
-        self.register_buffer("std", preset.std.clone())
+        self.model, self.preset = model, preset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x.float() / 255.0 - self.mean) / self.std)
+        return self.model(self.preset(x))
 
 
 def rank(probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict]:
