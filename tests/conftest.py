@@ -75,3 +75,17 @@ def redis_url():
         pytest.fail(f"Redis at 127.0.0.1:6379 is required: {exc}")
     yield url
     client.flushdb()
+
+
+# Folders whose tests start live processes (`finetune serve`, workers, a browser) or train
+# real backbones: each takes seconds to minutes. `pytest -m "not slow"` leaves them out
+# and gives the fast suite (engine units, the store, the API in-process) in under a
+# minute; a single test elsewhere can still say `@pytest.mark.slow` itself.
+SLOW_FOLDERS = {"e2e", "reliability", "worker", "client", "web", "webhooks"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts
+        if parts and parts[0] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
