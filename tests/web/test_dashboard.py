@@ -4,6 +4,7 @@ owner isolation. Every step saves a screenshot under the test's tmp dir; any con
 error, page error, failed request or unexpected >= 400 response fails the test."""
 
 import base64
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -185,6 +186,12 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         assert page.input_value("#job-trainable_blocks") == str(
             schema["trainable_blocks"]["default"]
         )
+        # auto: a search over two candidates, one epoch each, then six epochs of the best.
+        page.check("#strategy-auto")
+        assert page.input_value("#job-auto_budget_epochs") == str(
+            schema["auto_budget_epochs"]["default"]
+        )
+        page.fill("#job-auto_budget_epochs", "2")
         page.fill("#job-epochs", "6")
         page.fill("#job-learning_rate", "0.01")
         page.fill("#job-image_size", str(SIZE))
@@ -193,18 +200,23 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         shot("job-form")
         page.click("button:text('Start training')")
 
-        # 5. The job view follows the event stream until 100%.
+        # 5. The job view follows the event stream: the search's candidates live, then the
+        #    final training's curves and stages, to 100% and the ranked leaderboard.
         page.wait_for_selector('[data-screen="job"]')
         job_id = page.url.rsplit("/", 1)[1]
-        page.wait_for_selector("#job-stage table", timeout=120_000)
-        shot("job-running")
-        page.wait_for_selector('.job-status [data-status="succeeded"]', timeout=120_000)
-        page.wait_for_selector("#open-model")
+        page.wait_for_selector("#job-leaderboard tbody tr", timeout=120_000)
+        assert page.inner_text("#job-progress-text").startswith("Stage 1 of 2, search")
+        shot("job-searching")
+        page.wait_for_selector("#job-stages li", timeout=120_000)
+        shot("job-training")
+        page.wait_for_selector('#job-live[data-live="ended"]', timeout=120_000)
+        assert page.locator("#open-model").is_visible()
+        assert page.locator('.job-status [data-status="succeeded"]').count() == 1
         assert page.inner_text("#job-progress-text").startswith("Done · 100%")
         assert page.evaluate("document.querySelector('#job-progress').value") == 100
         job = api.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "succeeded"
-        epochs = [h for h in job["history"] if "val_loss" in h]
+        epochs = [h for h in job["history"] if "val_loss" in h and h.get("phase") != "search"]
         curves = page.evaluate(
             "[...document.querySelectorAll('.chart canvas')].map(c => "
             "Chart.getChart(c).data.datasets.map(d => d.data.map(p => p.y)))"
@@ -217,6 +229,10 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         stage = page.locator("#job-stage tbody tr").all_inner_texts()
         assert stage[0].startswith("head\tyes")
         assert len(stage) == len(epochs[-1]["schedule"])
+        assert page.locator("#job-stages li").first.inner_text().startswith("epoch")
+        board = page.locator("#job-leaderboard tbody tr").all_inner_texts()
+        assert [r.split("\t")[1] for r in board] == [e["strategy"] for e in job["leaderboard"]]
+        assert board[0].endswith("chosen") and job["leaderboard"][0]["chosen"]
         shot("job-succeeded")
 
         # 6. The model: metrics, per-class table, confusion matrix, lineage.
@@ -236,6 +252,11 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         lineage = page.inner_text("dl.kv")
         assert dataset["id"] in lineage and job_id in lineage and "efficientnet_lite0" in lineage
         shot("model")
+        # The HTML report links here.
+        report = api.get(f"/v1/models/{model['id']}/report").text
+        href = re.search(r'href="(/#/models/[^"]+)"', report).group(1)
+        page.goto(base + href)
+        page.wait_for_selector(f"h1:text('Model {model['id']}')")
 
         # 7. Try it: one image the model was trained on; the page shows its right label.
         label, img = next(iter(digit_images(per_class=1, size=SIZE, classes=CLASSES, offset=2)))
@@ -282,7 +303,8 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         page.wait_for_selector('.job-status [data-status="running"]', timeout=60_000)
         shot("second-job-running")
         page.click("#cancel-job")
-        page.wait_for_selector('.job-status [data-status="cancelled"]', timeout=60_000)
+        page.wait_for_selector('#job-live[data-live="ended"]', timeout=60_000)
+        assert page.locator('.job-status [data-status="cancelled"]').count() == 1
         assert page.locator("#cancel-job").is_hidden()
         assert api.get(f"/v1/jobs/{second}").json()["status"] == "cancelled"
         shot("second-job-cancelled")

@@ -121,6 +121,27 @@ function describe(schema, name) {
   };
 }
 
+// One line each for the knobs whose schema field has no description of its own.
+const HELP = {
+  pretrained: "start from the base model's pretrained weights (off: same architecture from scratch)",
+  trainable_blocks: "blocks below the head that train (partial)",
+  unfreeze_every: "epochs between unfreezing one more block (layerwise, progressive)",
+  epochs: "passes over the training split",
+  learning_rate: "base rate of the head; strategies derive the blocks' rates from it",
+  batch_size: "samples per step",
+  optimizer: "update rule",
+  weight_decay: "decoupled L2 penalty",
+  scheduler: "learning-rate schedule over the run",
+  val_fraction: "share of train held out for validation (early stopping, auto's ranking)",
+  early_stopping_patience: "stop after this many epochs without a better validation loss; empty: off",
+  image_size: "images are resized to this square size",
+  augment: "random flips and crops while training",
+  seed: "for splits, order and initialisation",
+  device: "auto, cpu or cuda[:N]",
+  label_smoothing: "cross-entropy label smoothing",
+  class_weights: "auto: weigh classes by inverse frequency",
+};
+
 function defaultText(d) {
   if (d.default === null || d.default === undefined) return "none";
   return String(d.default);
@@ -128,7 +149,7 @@ function defaultText(d) {
 
 function knob(d) {
   const id = `job-${d.name}`;
-  const hint = [d.description, `default ${defaultText(d)}`].filter(Boolean).join(" · ");
+  const hint = [d.description || HELP[d.name], `default ${defaultText(d)}`].filter(Boolean).join(" · ");
   let input;
   if (d.type === "boolean") {
     input = h("input", { id, name: d.name, type: "checkbox", checked: Boolean(d.default) });
@@ -361,8 +382,10 @@ export async function jobView(main, ctx, id) {
   const bar = h("progress", { max: "100", id: "job-progress", "aria-label": "training progress" });
   const barText = h("div", { class: "progress-text", id: "job-progress-text", "aria-live": "polite" });
   const stage = h("div", { class: "stage", id: "job-stage" }, h("p", { class: "muted" }, "Waiting for the first epoch…"));
+  const stages = h("ol", { class: "stages", id: "job-stages" });
   const board = h("div", { id: "job-leaderboard" });
   const notice = h("div");
+  const live = h("span", { class: "live", id: "job-live", dataset: { live: "on" } }, "● live");
 
   const loss = lineChart({
     title: "Loss",
@@ -383,7 +406,29 @@ export async function jobView(main, ctx, id) {
   ctx.onLeave(loss.destroy);
   ctx.onLeave(acc.destroy);
 
-  const state = { status: job.status, last: null, search: new Map(), cancelRequested: job.cancel_requested };
+  const state = {
+    status: job.status,
+    last: null,
+    search: new Map(),
+    searched: new Set(),
+    stages: [],
+    cancelRequested: job.cancel_requested,
+  };
+
+  // The run so far as stages: consecutive epochs with the same groups at the same rates.
+  function addStage(r) {
+    if (r.phase === "search") return;
+    const what = stageText(r.schedule || []);
+    const lastStage = state.stages[state.stages.length - 1];
+    if (lastStage && lastStage.what === what) lastStage.to = r.epoch;
+    else state.stages.push({ from: r.epoch, to: r.epoch, what });
+    clear(
+      stages,
+      state.stages.map((st) =>
+        h("li", {}, h("span", { class: "stage-epochs" }, st.from === st.to ? `epoch ${st.from}` : `epochs ${st.from}–${st.to}`), st.what),
+      ),
+    );
+  }
 
   function showStatus() {
     clear(status, badge(state.status));
@@ -409,11 +454,24 @@ export async function jobView(main, ctx, id) {
       }
       return;
     }
-    const fraction = Math.min(r.epoch / r.epochs, 1);
-    bar.value = Math.round(fraction * 100);
-    const what = r.phase === "search" ? `Search: candidate ${r.candidate + 1}, epoch` : "Epoch";
-    const eta = TERMINAL.has(state.status) ? state.status : `ETA ${fmt.duration(r.eta_seconds)}`;
-    barText.textContent = `${what} ${r.epoch} of ${r.epochs} · ${bar.value}% · ${eta}`;
+    if (spec.strategy !== "auto") {
+      bar.value = Math.round(Math.min(r.epoch / r.epochs, 1) * 100);
+      const eta = TERMINAL.has(state.status) ? state.status : `ETA ${fmt.duration(r.eta_seconds)}`;
+      barText.textContent = `Epoch ${r.epoch} of ${r.epochs} · ${bar.value}% · ${eta}`;
+      return;
+    }
+    // auto: the search (about auto_budget_epochs epochs in all), then the final training.
+    const searched = state.searched.size;
+    const searchTotal = Math.max(spec.auto_budget_epochs || 0, searched);
+    const search = r.phase === "search";
+    const done = searched + (search ? 0 : r.epoch);
+    const total = searchTotal + (search ? spec.epochs : r.epochs);
+    bar.value = Math.round(Math.min(done / total, 1) * 100);
+    const end = TERMINAL.has(state.status) ? ` · ${state.status}` : "";
+    barText.textContent = search
+      ? `Stage 1 of 2, search: candidate ${r.candidate + 1}, epoch ${r.epoch} of ${r.epochs} · ${bar.value}% overall${end}`
+      : `Stage 2 of 2, the chosen strategy: epoch ${r.epoch} of ${r.epochs} · ${bar.value}% overall · ` +
+        (end ? state.status : `ETA ${fmt.duration(r.eta_seconds)}`);
   }
 
   function showStage(r) {
@@ -493,6 +551,7 @@ export async function jobView(main, ctx, id) {
   function onEpoch(r) {
     state.last = r;
     if (r.phase === "search") {
+      state.searched.add(`${r.candidate}:${r.epoch}`);
       // The search's candidates are ranked on their best validation epoch so far.
       const prev = state.search.get(r.candidate);
       const better = !prev || r.val_accuracy > prev.val_accuracy || (r.val_accuracy === prev.val_accuracy && r.val_loss < prev.val_loss);
@@ -512,6 +571,7 @@ export async function jobView(main, ctx, id) {
       acc.update();
     }
     showStage(r);
+    addStage(r);
     showProgress();
   }
 
@@ -548,7 +608,7 @@ export async function jobView(main, ctx, id) {
       "div",
       { class: "page-head", dataset: { screen: "job" } },
       h("div", {}, h("div", { class: "crumbs" }, link("#/jobs", "Jobs"), " / ", job.id), h("h1", {}, `Job ${job.id}`)),
-      h("div", { class: "actions" }, status, modelLink, cancel),
+      h("div", { class: "actions" }, live, status, modelLink, cancel),
     ),
     h(
       "div",
@@ -563,7 +623,7 @@ export async function jobView(main, ctx, id) {
     notice,
     card("Progress", bar, barText),
     h("div", { class: "grid-main" }, card(null, loss.el), card(null, acc.el)),
-    card("Stage: what trains, at which rate", stage),
+    card("Stage: what trains, at which rate", stage, h("h3", {}, "Stages so far"), stages),
     board,
   );
   showStatus();
@@ -592,6 +652,16 @@ export async function jobView(main, ctx, id) {
 
   await streamEvents(`${path}/events`, onEvent, ctx.signal);
   finish(await api(path, { signal: ctx.signal }));
+  live.dataset.live = "ended";
+  live.textContent = "final";
+  live.title = "the job has ended: nothing more will change";
+}
+
+function stageText(groups) {
+  const on = groups.filter((g) => g.trainable);
+  if (!on.length) return "nothing trains";
+  if (on.length === groups.length && new Set(on.map((g) => g.lr)).size === 1) return `everything at ${fmt.lr(on[0].lr)}`;
+  return on.map((g) => `${g.group} ${fmt.lr(g.lr)}`).join(", ");
 }
 
 // What a search candidate trains, read from its epoch report's schedule (a report names
