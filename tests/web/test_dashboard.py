@@ -204,8 +204,13 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         #    final training's curves and stages, to 100% and the ranked leaderboard.
         page.wait_for_selector('[data-screen="job"]')
         job_id = page.url.rsplit("/", 1)[1]
+        page.evaluate(
+            """() => { const el = document.querySelector('#job-progress-text');
+            window.__texts = [el.textContent];
+            new MutationObserver(() => window.__texts.push(el.textContent))
+              .observe(el, {childList: true, characterData: true, subtree: true}); }"""
+        )
         page.wait_for_selector("#job-leaderboard tbody tr", timeout=120_000)
-        assert page.inner_text("#job-progress-text").startswith("Stage 1 of 2, search")
         shot("job-searching")
         page.wait_for_selector("#job-stages li", timeout=120_000)
         shot("job-training")
@@ -214,6 +219,9 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         assert page.locator('.job-status [data-status="succeeded"]').count() == 1
         assert page.inner_text("#job-progress-text").startswith("Done · 100%")
         assert page.evaluate("document.querySelector('#job-progress').value") == 100
+        texts = page.evaluate("window.__texts")
+        assert any(t.startswith("Stage 1 of 2, search: candidate 1") for t in texts), texts
+        assert any(t.startswith("Stage 2 of 2") and "ETA" in t for t in texts), texts
         job = api.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "succeeded"
         epochs = [h for h in job["history"] if "val_loss" in h and h.get("phase") != "search"]
