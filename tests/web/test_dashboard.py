@@ -134,7 +134,8 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         shot("datasets-empty")
 
         # 2. A refused upload (chosen with the file picker) shows the service's message as is.
-        (tmp_path / "broken.zip").write_bytes(b"this is not a zip archive at all")
+        # (one class folder: nothing to tell apart)
+        digits_zip(tmp_path / "broken.zip", per_class=4, size=SIZE, classes=1)
         watch.expect(422, "/v1/datasets")
         page.set_input_files("#dataset-file", str(tmp_path / "broken.zip"))
         with page.expect_response("**/v1/datasets") as refused:

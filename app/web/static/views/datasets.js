@@ -6,7 +6,7 @@ import { alertBox, card, clear, field, fmt, h, link, stat, table } from "../ui.j
 
 const ACCEPT = ".zip,.tar,.tar.gz,.tgz,.tar.bz2,.tar.xz,.csv";
 const TASKS = [
-  ["", "Detect from the file (archive: images; CSV: text if it has a text column, else tabular)"],
+  ["", "Detect from the file"],
   ["image_classification", "Images (ZIP or tar of class folders)"],
   ["text_classification", "Text (CSV with a text and a label column)"],
   ["tabular_classification", "Tabular (CSV with a label column and feature columns)"],
@@ -132,7 +132,7 @@ function uploadCard() {
       },
     },
     zone,
-    h("div", { class: "grid-2" }, field("Name", name, "Optional; the file name by default."), field("Task", task)),
+    h("div", { class: "grid-2" }, field("Name", name, "Optional; the file name by default."), field("Task", task, "An archive is images; a CSV is text if it has the text column, else tabular.")),
     csvOptions,
     progress,
     result,
