@@ -4,8 +4,10 @@ owner isolation. Every step saves a screenshot under the test's tmp dir; any con
 error, page error, failed request or unexpected >= 400 response fails the test."""
 
 import base64
+import io
 import re
 import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -134,10 +136,13 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         shot("datasets-empty")
 
         # 2. A refused upload (chosen with the file picker) shows the service's message as is.
-        # (one class folder: nothing to tell apart)
-        digits_zip(tmp_path / "broken.zip", per_class=4, size=SIZE, classes=1)
+        #    (a tar.gz with one class folder: nothing to tell apart). The page shows a few
+        #    of its images first, read in the browser.
+        broken = one_class_targz(tmp_path / "broken.tar.gz")
         watch.expect(422, "/v1/datasets")
-        page.set_input_files("#dataset-file", str(tmp_path / "broken.zip"))
+        page.set_input_files("#dataset-file", str(broken))
+        page.wait_for_selector(".preview-box .thumbs img")
+        assert page.locator(".preview-box figcaption").all_inner_texts() == ["digit_0"] * 2
         with page.expect_response("**/v1/datasets") as refused:
             page.click("button:text('Upload')")
         error = refused.value.json()["error"]
@@ -152,6 +157,12 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
               .observe(bar, {attributes: true, attributeFilter: ['value']}); }"""
         )
         drop_file(page, ".drop", archive, "application/zip")
+        page.wait_for_function("document.querySelectorAll('.preview-box .thumbs img').length == 8")
+        thumbs = page.eval_on_selector_all(
+            ".preview-box .thumbs img", "is => is.map(i => [i.naturalWidth, i.alt])"
+        )
+        assert {w for w, _ in thumbs} == {SIZE}
+        assert {alt.split("/")[0] for _, alt in thumbs} == {f"digit_{i}" for i in range(CLASSES)}
         page.fill("#dataset-name", "digits")
         page.click("button:text('Upload')")
         page.wait_for_selector('[data-screen="dataset"]')
@@ -159,6 +170,7 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         dataset = api.get("/v1/datasets").json()["items"][0]
         assert page.locator("h1").inner_text() == "digits"
         assert page.locator('[data-testid="class-count"] .stat-value').inner_text() == str(CLASSES)
+        assert page.locator(".thumbs img").count() == 8
         bars = page.evaluate("Chart.getChart(document.querySelector('.chart canvas')).data")
         assert bars["labels"] == dataset["classes"]
         assert bars["datasets"][0]["data"] == [dataset["class_counts"][c] for c in bars["labels"]]
@@ -340,6 +352,16 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
     watch.check()
     assert not watch.allowed, f"expected errors that never came: {watch.allowed}"
     print(f"screenshots in {shots}")
+
+
+def one_class_targz(path: Path) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for i, (_, img) in enumerate(digit_images(per_class=4, size=SIZE, classes=1)):
+            data = png_bytes(img)
+            info = tarfile.TarInfo(f"digit_0/{i}.png")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
 
 
 def drop_file(page, selector: str, path: Path, mime: str) -> None:

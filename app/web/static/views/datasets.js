@@ -2,7 +2,12 @@
 import { api, upload } from "../api.js";
 import { go } from "../app.js";
 import { barChart } from "../charts.js";
+import { preview } from "../preview.js";
 import { alertBox, card, clear, field, fmt, h, link, stat, table } from "../ui.js";
+
+// Images read from the file this tab uploaded, by dataset id: the API serves no dataset
+// images, so the dataset view can show thumbnails only for an upload made here.
+const uploadedImages = new Map();
 
 const ACCEPT = ".zip,.tar,.tar.gz,.tgz,.tar.bz2,.tar.xz,.csv";
 const TASKS = [
@@ -17,7 +22,7 @@ export async function datasetList(main, ctx) {
   clear(
     main,
     h("div", { class: "page-head" }, h("h1", {}, "Datasets"), h("p", { class: "muted" }, `${page.total} in all`)),
-    uploadCard(),
+    uploadCard(ctx),
     card(
       "Your datasets",
       table(
@@ -46,8 +51,25 @@ function splitText(splits) {
   return keys.map((k) => fmt.int(splits[k])).join(" / ");
 }
 
-function uploadCard() {
+function thumbnails(images) {
+  return h(
+    "div",
+    { class: "thumbs" },
+    images.map((im) =>
+      h("figure", {}, h("img", { src: im.url, alt: im.name, loading: "lazy" }), h("figcaption", { title: im.name }, im.name.split("/").slice(-2, -1)[0] || im.name)),
+    ),
+  );
+}
+
+function uploadCard(ctx) {
   let file = null;
+  let images = [];
+  const previewBox = h("div", { class: "preview-box", "aria-live": "polite" });
+  const forget = () => {
+    for (const im of images) if (!im.kept) URL.revokeObjectURL(im.url);
+    images = [];
+  };
+  ctx.onLeave(forget);
   const input = h("input", { id: "dataset-file", type: "file", accept: ACCEPT, class: "file-input" });
   const chosen = h("div", { class: "drop-chosen", "aria-live": "polite" }, "No file chosen");
   const zone = h(
@@ -61,13 +83,15 @@ function uploadCard() {
   );
   const name = h("input", { id: "dataset-name", name: "name", maxlength: "200", autocomplete: "off" });
   const task = h("select", { id: "dataset-task", name: "task" }, TASKS.map(([v, t]) => h("option", { value: v }, t)));
-  const labelCol = h("input", { id: "dataset-label-column", name: "label_column", value: "label" });
-  const textCol = h("input", { id: "dataset-text-column", name: "text_column", value: "text" });
+  const columns = h("datalist", { id: "csv-columns" });
+  const labelCol = h("input", { id: "dataset-label-column", name: "label_column", value: "label", list: "csv-columns" });
+  const textCol = h("input", { id: "dataset-text-column", name: "text_column", value: "text", list: "csv-columns" });
   const csvOptions = h(
     "fieldset",
     { class: "csv-options", hidden: true },
     h("legend", {}, "CSV columns"),
     h("div", { class: "grid-2" }, field("Label column", labelCol), field("Text column (text datasets)", textCol)),
+    columns,
   );
   const bar = h("progress", { max: "100", value: "0", id: "upload-progress", "aria-label": "upload progress" });
   const barText = h("span", { class: "progress-text", "aria-live": "polite" });
@@ -75,9 +99,40 @@ function uploadCard() {
   const result = h("div", { class: "upload-result" });
   const submit = h("button", { type: "submit", class: "primary", disabled: true }, "Upload");
 
+  async function look(f) {
+    forget();
+    clear(previewBox);
+    let seen = null;
+    try {
+      seen = await preview(f);
+    } catch (err) {
+      console.warn("no preview:", err);
+    }
+    if (!seen || file !== f) return;
+    if (seen.kind === "images" && seen.images.length) {
+      images = seen.images.map((im) => ({ name: im.name, url: URL.createObjectURL(im.blob) }));
+      clear(previewBox, h("h3", {}, "A few images from the file (read here, before the upload)"), thumbnails(images));
+    } else if (seen.kind === "csv" && seen.header.length) {
+      clear(
+        columns,
+        seen.header.map((c) => h("option", { value: c })),
+      );
+      clear(
+        previewBox,
+        h("h3", {}, "The file's first rows"),
+        table(
+          seen.header.map((c, i) => ({ label: c, value: (r) => (r[i] ?? "").slice(0, 80) })),
+          seen.rows,
+          { empty: "Only a header row." },
+        ),
+      );
+    }
+  }
+
   function choose(f) {
     file = f;
     clear(result);
+    if (f) look(f);
     clear(chosen, f ? `${f.name} · ${fmt.bytes(f.size)}` : "No file chosen");
     submit.disabled = !f;
     csvOptions.hidden = !(f && /\.csv$/i.test(f.name));
@@ -122,6 +177,10 @@ function uploadCard() {
           });
           bar.value = 100;
           barText.textContent = "Done";
+          if (images.length) {
+            for (const im of images) im.kept = true; // the dataset view shows them
+            uploadedImages.set(ds.id, images);
+          }
           go(`#/datasets/${encodeURIComponent(ds.id)}`);
         } catch (err) {
           progress.hidden = true;
@@ -132,6 +191,7 @@ function uploadCard() {
       },
     },
     zone,
+    previewBox,
     h("div", { class: "grid-2" }, field("Name", name, "Optional; the file name by default."), field("Task", task, "An archive is images; a CSV is text if it has the text column, else tabular.")),
     csvOptions,
     progress,
@@ -208,6 +268,9 @@ export async function datasetView(main, ctx, id) {
         ),
       ),
     ),
+    uploadedImages.has(ds.id)
+      ? card("A few images (from the file uploaded in this tab)", thumbnails(uploadedImages.get(ds.id)))
+      : null,
     card(
       "Class counts",
       table(
