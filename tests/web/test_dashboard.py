@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import TEST_KEY
 from tests.helpers import digit_images, digits_zip, embedded_service, png_bytes
@@ -80,8 +81,6 @@ class Watch:
 def browser_page(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (scripts/test.sh does)")
-    from playwright.sync_api import sync_playwright
-
     profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
@@ -157,7 +156,8 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
               .observe(bar, {attributes: true, attributeFilter: ['value']}); }"""
         )
         drop_file(page, ".drop", archive, "application/zip")
-        page.wait_for_function("document.querySelectorAll('.preview-box .thumbs img').length == 8")
+        # (locators, not wait_for_function: the page's CSP forbids the eval that needs)
+        expect(page.locator(".preview-box .thumbs img")).to_have_count(8)
         thumbs = page.eval_on_selector_all(
             ".preview-box .thumbs img", "is => is.map(i => [i.naturalWidth, i.alt])"
         )
@@ -314,8 +314,8 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         page.goto(f"{base}/#/jobs/new?dataset={dataset['id']}")
         page.wait_for_selector('[data-screen="job-form"]')
         page.check("#strategy-full")
-        page.fill("#job-epochs", "300")
-        page.fill("#job-image_size", "64")
+        page.fill("#job-epochs", "1000")
+        page.fill("#job-image_size", str(SIZE))
         page.fill("#job-early_stopping_patience", "")
         page.click("button:text('Start training')")
         page.wait_for_selector('[data-screen="job"]')
@@ -339,15 +339,21 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         page.press("#api-key", "Enter")
         page.wait_for_selector("h1:text('Datasets')")
         assert page.locator("p.empty").first.inner_text().startswith("No datasets yet")
-        screens = []
-        for mid in (model["id"], "mdl_doesnotexist"):
-            watch.expect(404, f"/v1/models/{mid}")
-            page.goto(f"{base}/#/models/{mid}")
-            page.wait_for_selector('[data-screen="not-found"]')
-            screens.append(page.inner_text('[data-screen="not-found"]').replace(mid, "ID"))
-            shot(f"not-found-{mid}")
-        assert screens[0] == screens[1]
-        assert "Not found" in screens[0]
+        for kind, known, unknown in (
+            ("datasets", dataset["id"], "ds_doesnotexist"),
+            ("jobs", job_id, "job_doesnotexist"),
+            ("models", model["id"], "mdl_doesnotexist"),
+        ):
+            screens = []
+            for some_id in (known, unknown):
+                watch.expect(404, f"/v1/{kind}/{some_id}")
+                page.goto(f"{base}/#/{kind}/{some_id}")
+                page.wait_for_selector('[data-screen="not-found"]')
+                screens.append(page.inner_text('[data-screen="not-found"]').replace(some_id, "ID"))
+                if kind == "models":
+                    shot(f"not-found-{some_id}")
+            assert screens[0] == screens[1], kind
+            assert screens[0].startswith("Not found")
 
     watch.check()
     assert not watch.allowed, f"expected errors that never came: {watch.allowed}"

@@ -650,7 +650,12 @@ export async function jobView(main, ctx, id) {
     }
   }
 
-  await streamEvents(`${path}/events`, onEvent, ctx.signal);
+  try {
+    await streamEvents(`${path}/events`, onEvent, ctx.signal);
+  } catch (err) {
+    if (ctx.signal.aborted || err.status === 404 || err.status === 401) throw err;
+    notice.append(alertBox(`Live updates stopped: ${err.message}. Reload the page to follow the job again.`, { code: err.code }));
+  }
   finish(await api(path, { signal: ctx.signal }));
   live.dataset.live = "ended";
   live.textContent = "final";
