@@ -220,8 +220,10 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         page.evaluate(
             """() => { const el = document.querySelector('#job-progress-text');
             window.__texts = [el.textContent];
-            new MutationObserver(() => window.__texts.push(el.textContent))
-              .observe(el, {childList: true, characterData: true, subtree: true}); }"""
+            // every value set, even several in one task (each record keeps its text node)
+            new MutationObserver((records) => { for (const r of records)
+                for (const n of r.addedNodes) window.__texts.push(n.textContent); })
+              .observe(el, {childList: true}); }"""
         )
         page.wait_for_selector("#job-leaderboard tbody tr", timeout=120_000)
         shot("job-searching")

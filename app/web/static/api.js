@@ -163,3 +163,38 @@ export function randomKey() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return "ui-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
+
+// ---------------------------------------------------------------- one object per noun
+
+const q = encodeURIComponent;
+
+export const datasets = {
+  list: ({ limit = 200, signal } = {}) => api(`/v1/datasets?limit=${limit}`, { signal }),
+  get: (id, { signal } = {}) => api(`/v1/datasets/${q(id)}`, { signal }),
+  // form: FormData with file (and name, task, label_column, text_column)
+  create: (form, onProgress) => upload("/v1/datasets", form, onProgress),
+  remove: (id) => api(`/v1/datasets/${q(id)}`, { method: "DELETE" }),
+};
+
+export const jobs = {
+  list: ({ limit = 100, signal } = {}) => api(`/v1/jobs?limit=${limit}`, { signal }),
+  get: (id, { signal } = {}) => api(`/v1/jobs/${q(id)}`, { signal }),
+  create: (spec, idempotencyKey) =>
+    api("/v1/jobs", { method: "POST", json: spec, headers: { "Idempotency-Key": idempotencyKey } }),
+  cancel: (id) => api(`/v1/jobs/${q(id)}/cancel`, { method: "POST" }),
+  // The live event stream; resolves when the job is over.
+  stream: (id, onEvent, signal) => streamEvents(`/v1/jobs/${q(id)}/events`, onEvent, signal),
+};
+
+export const models = {
+  list: ({ limit = 200, signal } = {}) => api(`/v1/models?limit=${limit}`, { signal }),
+  get: (id, { signal } = {}) => api(`/v1/models/${q(id)}`, { signal }),
+  // request: {body: FormData} for images, {json: {inputs, top_k}} for text and tabular
+  predict: (id, request) => api(`/v1/models/${q(id)}/predict`, { method: "POST", ...request }),
+  download: (id, format) => download(`/v1/models/${q(id)}/export?format=${q(format)}`, `${id}.${format}`),
+};
+
+export const baseModels = { list: ({ signal } = {}) => api("/v1/base-models", { signal }) };
+
+// The service's own OpenAPI schema (the job form reads JobSpec's defaults from it).
+export const schema = ({ signal } = {}) => api("/openapi.json", { signal });

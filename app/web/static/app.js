@@ -1,5 +1,5 @@
 // The dashboard: hash routes, sign-in, and the screens (datasets, jobs, models).
-import { ApiError, api, auth } from "./api.js";
+import { ApiError, auth, datasets } from "./api.js";
 import { alertBox, clear, h, link } from "./ui.js";
 import { datasetList, datasetView } from "./views/datasets.js";
 import { jobForm, jobList, jobView } from "./views/jobs.js";
@@ -133,7 +133,7 @@ function showSignIn(next) {
         button.disabled = true;
         auth.set(input.value.trim());
         try {
-          await api("/v1/datasets?limit=1");
+          await datasets.list({ limit: 1 });
           go(`#${next}`);
         } catch (err) {
           auth.clear();

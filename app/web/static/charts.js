@@ -76,7 +76,8 @@ export function barChart({ title, labels, values, xLabel, yLabel, description })
     data: { labels, datasets: [{ label: yLabel, data: values, backgroundColor: COLORS.bar, borderRadius: 3 }] },
     options: {
       scales: {
-        x: axis(xLabel, { grid: { display: false }, ticks: { autoSkip: false, maxRotation: 60 } }),
+        // every class named while they fit; past ~40, Chart.js skips some (the table lists all)
+        x: axis(xLabel, { grid: { display: false }, ticks: { autoSkip: labels.length > 40, maxRotation: 60 } }),
         y: axis(yLabel, { beginAtZero: true, ticks: { precision: 0 } }),
       },
       plugins: { legend: { display: false } },

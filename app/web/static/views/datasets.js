@@ -1,5 +1,5 @@
 // Datasets: the list with an upload (drag and drop or file picker), and one dataset.
-import { api, upload } from "../api.js";
+import { datasets } from "../api.js";
 import { go } from "../app.js";
 import { barChart } from "../charts.js";
 import { preview } from "../preview.js";
@@ -18,7 +18,7 @@ const TASKS = [
 ];
 
 export async function datasetList(main, ctx) {
-  const page = await api("/v1/datasets?limit=200", { signal: ctx.signal });
+  const page = await datasets.list({ signal: ctx.signal });
   clear(
     main,
     h("div", { class: "page-head" }, h("h1", {}, "Datasets"), h("p", { class: "muted" }, `${page.total} in all`)),
@@ -170,7 +170,7 @@ function uploadCard(ctx) {
         bar.value = 0;
         clear(result);
         try {
-          const ds = await upload("/v1/datasets", body, (loaded, total) => {
+          const ds = await datasets.create(body, (loaded, total) => {
             bar.value = Math.round((loaded / total) * 100);
             barText.textContent =
               loaded < total ? `${bar.value}% · ${fmt.bytes(loaded)} of ${fmt.bytes(total)}` : "Uploaded; checking the data…";
@@ -202,7 +202,7 @@ function uploadCard(ctx) {
 }
 
 export async function datasetView(main, ctx, id) {
-  const ds = await api(`/v1/datasets/${encodeURIComponent(id)}`, { signal: ctx.signal });
+  const ds = await datasets.get(id, { signal: ctx.signal });
   document.title = `${ds.name} · finetune`;
   const classes = ds.classes;
   const counts = classes.map((c) => ds.class_counts[c] ?? 0);
@@ -223,7 +223,7 @@ export async function datasetView(main, ctx, id) {
   del.addEventListener("click", async () => {
     if (!window.confirm(`Delete dataset ${ds.name}? Its models stay.`)) return;
     try {
-      await api(`/v1/datasets/${encodeURIComponent(ds.id)}`, { method: "DELETE" });
+      await datasets.remove(ds.id);
       go("#/datasets");
     } catch (err) {
       clear(delResult, alertBox(err.message, { code: err.code }));

@@ -1,6 +1,6 @@
 // Jobs: the list, the form (base models, strategies and their knobs with the schema's
 // defaults), and one job followed live over its event stream.
-import { api, randomKey, streamEvents } from "../api.js";
+import { baseModels, datasets, jobs, models, randomKey, schema as openapiSchema } from "../api.js";
 import { go } from "../app.js";
 import { COLORS, lineChart } from "../charts.js";
 import { TERMINAL, alertBox, badge, card, clear, field, fmt, h, link, stat, table } from "../ui.js";
@@ -74,13 +74,13 @@ export async function jobList(main, ctx) {
         ),
       ),
     );
-  let page = await api("/v1/jobs?limit=100", { signal: ctx.signal });
+  let page = await jobs.list({ signal: ctx.signal });
   draw(page);
   // While something runs, refresh the list now and then (the job view streams instead).
   const timer = setInterval(async () => {
     if (!page.items.some((j) => !TERMINAL.has(j.status))) return;
     try {
-      page = await api("/v1/jobs?limit=100", { signal: ctx.signal });
+      page = await jobs.list({ signal: ctx.signal });
       draw(page);
     } catch {
       clearInterval(timer);
@@ -192,17 +192,17 @@ function readKnob(form, d) {
 }
 
 export async function jobForm(main, ctx) {
-  const [openapi, bases, datasets, models] = await Promise.all([
-    api("/openapi.json", { signal: ctx.signal }),
-    api("/v1/base-models", { signal: ctx.signal }),
-    api("/v1/datasets?limit=500", { signal: ctx.signal }),
-    api("/v1/models?limit=500", { signal: ctx.signal }),
+  const [openapi, bases, dsPage, modelPage] = await Promise.all([
+    openapiSchema({ signal: ctx.signal }),
+    baseModels.list({ signal: ctx.signal }),
+    datasets.list({ limit: 500, signal: ctx.signal }),
+    models.list({ limit: 500, signal: ctx.signal }),
   ]);
   const schema = openapi.components.schemas.JobSpec;
   const knobs = Object.fromEntries(Object.keys(schema.properties).map((n) => [n, describe(schema, n)]));
   const idempotencyKey = randomKey();
 
-  if (!datasets.items.length) {
+  if (!dsPage.items.length) {
     clear(
       main,
       h("h1", {}, "New job"),
@@ -214,7 +214,7 @@ export async function jobForm(main, ctx) {
   const dsSelect = h(
     "select",
     { id: "job-dataset", name: "dataset_id", required: true },
-    datasets.items.map((d) =>
+    dsPage.items.map((d) =>
       h("option", { value: d.id, selected: d.id === wanted }, `${d.name} · ${taskLabel(d.task)} · ${d.num_samples} samples (${d.id})`),
     ),
   );
@@ -261,12 +261,12 @@ export async function jobForm(main, ctx) {
     h("div", { class: "actions" }, submit),
   );
 
-  const selectedDataset = () => datasets.items.find((d) => d.id === dsSelect.value);
+  const selectedDataset = () => dsPage.items.find((d) => d.id === dsSelect.value);
   function fillBases() {
     const task = selectedDataset()?.task;
     const keep = baseSelect.value || wantedBase;
     const fits = bases.filter((b) => b.task === task);
-    const mine = models.items.filter((m) => m.task === task);
+    const mine = modelPage.items.filter((m) => m.task === task);
     clear(
       baseSelect,
       h(
@@ -340,7 +340,7 @@ export async function jobForm(main, ctx) {
     }
     submit.disabled = true;
     try {
-      const job = await api("/v1/jobs", { method: "POST", json: spec, headers: { "Idempotency-Key": idempotencyKey } });
+      const job = await jobs.create(spec, idempotencyKey);
       go(`#/jobs/${encodeURIComponent(job.id)}`);
     } catch (err) {
       clear(error, alertBox(err.message, { code: err.code }));
@@ -372,8 +372,7 @@ export async function jobForm(main, ctx) {
 // ---------------------------------------------------------------- one job, live
 
 export async function jobView(main, ctx, id) {
-  const path = `/v1/jobs/${encodeURIComponent(id)}`;
-  let job = await api(path, { signal: ctx.signal });
+  let job = await jobs.get(id, { signal: ctx.signal });
   const spec = job.spec;
 
   const status = h("span", { class: "job-status" });
@@ -591,7 +590,7 @@ export async function jobView(main, ctx, id) {
   cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     try {
-      const j = await api(`${path}/cancel`, { method: "POST" });
+      const j = await jobs.cancel(id);
       state.status = j.status;
       state.cancelRequested = j.cancel_requested;
       showStatus();
@@ -651,12 +650,12 @@ export async function jobView(main, ctx, id) {
   }
 
   try {
-    await streamEvents(`${path}/events`, onEvent, ctx.signal);
+    await jobs.stream(id, onEvent, ctx.signal);
   } catch (err) {
     if (ctx.signal.aborted || err.status === 404 || err.status === 401) throw err;
     notice.append(alertBox(`Live updates stopped: ${err.message}. Reload the page to follow the job again.`, { code: err.code }));
   }
-  finish(await api(path, { signal: ctx.signal }));
+  finish(await jobs.get(id, { signal: ctx.signal }));
   live.dataset.live = "ended";
   live.textContent = "final";
   live.title = "the job has ended: nothing more will change";

@@ -1,14 +1,20 @@
 // Models: the list, and one model: metrics, confusion matrix, curves, lineage, exports,
 // and a "try it" panel that calls predict.
-import { ApiError, api, download } from "../api.js";
+import { ApiError, jobs, models } from "../api.js";
 import { COLORS, confusionHeatmap, lineChart } from "../charts.js";
 import { alertBox, card, clear, field, fmt, h, link, stat, table } from "../ui.js";
 import { taskLabel } from "./datasets.js";
 
-const CLASSIFICATION = new Set(["image_classification", "text_classification", "tabular_classification"]);
+// What the page does per task: its "try it" input and its export formats. A task not in
+// the table (regression, multi-label, when they come) gets the generic metrics table.
+const TASKS = {
+  image_classification: { input: (o) => imageInput(o), exports: ["safetensors", "torchscript", "onnx"], classes: true },
+  text_classification: { input: (o) => textInput(o), exports: ["safetensors"], classes: true },
+  tabular_classification: { input: (o) => tabularInput(o), exports: ["safetensors"], classes: true },
+};
 
 export async function modelList(main, ctx) {
-  const page = await api("/v1/models?limit=200", { signal: ctx.signal });
+  const page = await models.list({ signal: ctx.signal });
   clear(
     main,
     h("div", { class: "page-head" }, h("h1", {}, "Models"), h("p", { class: "muted" }, `${page.total} in all`)),
@@ -34,18 +40,18 @@ export async function modelList(main, ctx) {
 const idLink = (kind, id) => (id ? link(`#/${kind}/${encodeURIComponent(id)}`, id) : "–");
 
 export async function modelView(main, ctx, id) {
-  const model = await api(`/v1/models/${encodeURIComponent(id)}`, { signal: ctx.signal });
+  const model = await models.get(id, { signal: ctx.signal });
   document.title = `${model.id} · finetune`;
   const m = model.metrics || {};
   const lineage = model.lineage || {};
   let job = null;
   try {
-    job = await api(`/v1/jobs/${encodeURIComponent(model.job_id)}`, { signal: ctx.signal });
+    job = await jobs.get(model.job_id, { signal: ctx.signal });
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 404) throw err;
   }
 
-  const knownTask = CLASSIFICATION.has(model.task) && m.per_class;
+  const knownTask = TASKS[model.task]?.classes && m.per_class;
   const testSamples = m.per_class ? Object.values(m.per_class).reduce((a, c) => a + (c.support || 0), 0) : null;
 
   const base = model.base_model.startsWith("model:")
@@ -180,15 +186,14 @@ function genericMetrics(metrics) {
   );
 }
 
+const EXPORTS = {
+  safetensors: ["safetensors", "weights (state dict) + config"],
+  torchscript: ["TorchScript", "a traced module for torch.jit.load"],
+  onnx: ["ONNX", "for onnxruntime; inputs in [0, 1]"],
+};
+
 function exportCard(model) {
-  const formats =
-    model.task === "image_classification"
-      ? [
-          ["safetensors", "safetensors", "weights (state dict) + config"],
-          ["torchscript", "TorchScript", "a traced module for torch.jit.load"],
-          ["onnx", "ONNX", "for onnxruntime; inputs in [0, 1]"],
-        ]
-      : [["safetensors", "safetensors", "weights (state dict) + config"]];
+  const formats = (TASKS[model.task]?.exports || ["safetensors"]).map((f) => [f, ...EXPORTS[f]]);
   const result = h("div", { "aria-live": "polite" });
   return card(
     "Export",
@@ -201,10 +206,7 @@ function exportCard(model) {
           b.disabled = true;
           clear(result, h("p", { class: "muted" }, `Preparing ${label}…`));
           try {
-            const got = await download(
-              `/v1/models/${encodeURIComponent(model.id)}/export?format=${fmtName}`,
-              `${model.id}.${fmtName}`,
-            );
+            const got = await models.download(model.id, fmtName);
             clear(result, h("p", { class: "muted" }, `Saved ${got.name} (${fmt.bytes(got.size)}).`));
           } catch (err) {
             clear(result, alertBox(err.message, { code: err.code }));
@@ -215,7 +217,7 @@ function exportCard(model) {
         return b;
       }),
     ),
-    h("p", { class: "hint" }, model.task === "image_classification" ? "TorchScript and ONNX are for image models." : "Text and tabular models export as safetensors."),
+    h("p", { class: "hint" }, "TorchScript and ONNX are for image models; text and tabular models export as safetensors."),
     result,
   );
 }
@@ -230,21 +232,19 @@ function tryIt(model) {
     { id: "predict-top-k", name: "top_k" },
     [1, 3, 5, 10].filter((k) => k <= Math.max(n, 1)).map((k) => h("option", { value: String(k), selected: k === Math.min(3, n) }, String(k))),
   );
-  const url = `/v1/models/${encodeURIComponent(model.id)}/predict`;
   const run = async (request) => {
     clear(out, h("p", { class: "muted" }, "Predicting…"));
     try {
-      const res = await api(url, { method: "POST", ...request });
+      const res = await models.predict(model.id, request);
       clear(out, res.predictions.map(predictionView));
     } catch (err) {
       clear(out, alertBox(err.message, { code: err.code }));
     }
   };
-  let input;
-  if (model.task === "image_classification") input = imageInput(run, topK);
-  else if (model.task === "text_classification") input = textInput(run, topK);
-  else if (model.task === "tabular_classification") input = tabularInput(run, topK, url);
-  else input = h("p", { class: "muted" }, `No input form for task ${model.task} yet; use the API.`);
+  const task = TASKS[model.task];
+  const input = task
+    ? task.input({ run, topK, model })
+    : h("p", { class: "muted" }, `No input form for task ${model.task} yet; use the API.`);
   return card("Try it", input, out);
 }
 
@@ -271,7 +271,7 @@ function predictionView(p) {
   );
 }
 
-function imageInput(run, topK) {
+function imageInput({ run, topK }) {
   const input = h("input", { id: "predict-file", type: "file", accept: "image/*", class: "file-input" });
   const preview = h("div", { class: "preview" });
   let objectUrl = null;
@@ -307,7 +307,7 @@ function imageInput(run, topK) {
   return h("div", {}, zone, field("Top k", topK));
 }
 
-function textInput(run, topK) {
+function textInput({ run, topK }) {
   const text = h("textarea", { id: "predict-text", rows: "4", placeholder: "Type a text to classify…" });
   const form = h(
     "form",
@@ -326,7 +326,7 @@ function textInput(run, topK) {
 
 // The API does not list a tabular model's feature columns; a row with none makes predict
 // name them ("missing columns [...]"), so the form asks it once and builds the fields.
-function tabularInput(run, topK, url) {
+function tabularInput({ run, topK, model }) {
   const fields = h("div", { class: "grid-3 knobs" });
   const raw = h("textarea", { id: "predict-row", rows: "4", placeholder: '{"column": value, ...}' });
   const rawField = field("Row as JSON", raw, "Every feature column; null for a missing value.");
@@ -361,7 +361,7 @@ function tabularInput(run, topK, url) {
   const discover = h("button", { type: "button", class: "ghost" }, "Fill in the columns");
   discover.addEventListener("click", async () => {
     try {
-      await api(url, { method: "POST", json: { inputs: [{}] } });
+      await models.predict(model.id, { json: { inputs: [{}] } });
     } catch (err) {
       const m = /missing columns \[(.*)\]/.exec(err.message);
       if (!m) return;
