@@ -186,8 +186,8 @@ function readKnob(form, d) {
   if (d.type === "boolean") return el.checked;
   const raw = el.value.trim();
   if (raw === "") return d.nullable ? null : undefined;
-  if (d.type === "integer") return Number.parseInt(raw, 10);
-  if (d.type === "number") return Number(raw);
+  // As typed: 1.5 for an integer is the service's 422 to explain, not ours to round.
+  if (d.type === "integer" || d.type === "number") return Number(raw);
   return raw;
 }
 
@@ -201,6 +201,17 @@ export async function jobForm(main, ctx) {
   const schema = openapi.components.schemas.JobSpec;
   const knobs = Object.fromEntries(Object.keys(schema.properties).map((n) => [n, describe(schema, n)]));
   const idempotencyKey = randomKey();
+  // Fields this page has no place for yet still show, with the schema's defaults.
+  const placed = new Set([
+    "dataset_id",
+    "base_model",
+    "strategy",
+    "pretrained",
+    ...TRAINING,
+    ...Object.values(BY_TASK).flat(),
+    ...Object.values(STRATEGIES).flatMap((st) => st.knobs),
+  ]);
+  const other = Object.keys(knobs).filter((n) => !placed.has(n));
 
   if (!dsPage.items.length) {
     clear(
@@ -228,7 +239,9 @@ export async function jobForm(main, ctx) {
   const submit = h("button", { type: "submit", class: "primary" }, "Start training");
 
   const wantedBase = ctx.query.get("base");
-  for (const [name, s] of Object.entries(STRATEGIES)) {
+  // The strategies the schema allows (a new one shows with its name until described here).
+  for (const name of knobs.strategy.values) {
+    const s = STRATEGIES[name] || { title: name, text: "", knobs: [] };
     const id = `strategy-${name}`;
     strategyBox.append(
       h(
@@ -256,7 +269,8 @@ export async function jobForm(main, ctx) {
       taskKnobs,
     ),
     card("How", strategyBox, h("h3", {}, "Strategy knobs"), strategyKnobs),
-    card("Training", h("div", { class: "grid-3 knobs" }, TRAINING.map((n) => knob(knobs[n])))),
+    card("Training", h("div", { class: "grid-3 knobs" }, TRAINING.filter((n) => knobs[n]).map((n) => knob(knobs[n])))),
+    other.length ? card("Other settings", h("div", { class: "grid-3 knobs" }, other.map((n) => knob(knobs[n])))) : null,
     error,
     h("div", { class: "actions" }, submit),
   );
@@ -296,7 +310,7 @@ export async function jobForm(main, ctx) {
     if (pick) baseSelect.value = pick.value;
     clear(
       taskKnobs,
-      (BY_TASK[task] || []).map((n) => knob(knobs[n])),
+      (BY_TASK[task] || []).filter((n) => knobs[n]).map((n) => knob(knobs[n])),
     );
     describeBase();
   }
@@ -314,9 +328,9 @@ export async function jobForm(main, ctx) {
     const s = form.elements.strategy.value;
     clear(
       strategyKnobs,
-      STRATEGIES[s].knobs.length
-        ? STRATEGIES[s].knobs.map((n) => knob(knobs[n]))
-        : h("p", { class: "muted" }, "None: every block trains at learning_rate."),
+      STRATEGIES[s]?.knobs.length
+        ? STRATEGIES[s].knobs.filter((n) => knobs[n]).map((n) => knob(knobs[n]))
+        : h("p", { class: "muted" }, "No knobs of its own."),
     );
   }
   dsSelect.addEventListener("change", fillBases);
