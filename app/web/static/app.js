@@ -2,7 +2,8 @@
 import { ApiError, auth, datasets } from "./api.js";
 import { alertBox, clear, h, link } from "./ui.js";
 import { datasetList, datasetView } from "./views/datasets.js";
-import { jobForm, jobList, jobView } from "./views/jobs.js";
+import { jobView } from "./views/job.js";
+import { jobForm, jobList } from "./views/jobs.js";
 import { modelList, modelView } from "./views/models.js";
 
 const main = document.getElementById("main");
