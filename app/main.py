@@ -19,6 +19,7 @@ from app.jobs.router import router as jobs_router
 from app.predictions.service import ModelCache
 from app.registry.router import router as models_router
 from app.storage.local import LocalStorage
+from app.web import router as web
 
 log = logging.getLogger("finetune")
 
@@ -74,6 +75,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     for router in (health_router, datasets_router, jobs_router, models_router, admin_router):
         app.include_router(router)
+    web.install(app)  # the dashboard at / (a client of the routes above)
     # Multipart framing adds a little to the file itself.
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(RefuseNulPath)

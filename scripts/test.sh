@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
+# tests/web drives Debian's Chromium through Playwright (no browser download at run time).
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 FINETUNE_DATA_DIR="$scratch" .venv/bin/finetune db upgrade

@@ -72,6 +72,7 @@ def render(*, model, history: list[dict]) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>{escape(model.id)}</title></head><body style="font-family:sans-serif">
 <h2>Model {escape(model.id)}</h2>
+<p><a href="/#/models/{escape(model.id)}">Open this model in the dashboard</a></p>
 <p>base model {escape(model.base_model)} &middot; task {escape(model.task)} &middot;
 held-out accuracy <b>{metrics.get("accuracy", 0):.3f}</b> &middot;
 macro F1 <b>{metrics.get("macro_f1", 0):.3f}</b></p>
