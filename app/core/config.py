@@ -48,7 +48,8 @@ class Settings(BaseSettings):
 
     @property
     def celery_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        # The embedded broker: kombu's filesystem transport, hardened (worker/fsbroker.py).
+        return self.broker_url or "finetunefs://"
 
     @property
     def broker_dir(self) -> Path:
@@ -67,6 +68,11 @@ class Settings(BaseSettings):
         return self.data_dir / "models"
 
     @property
+    def workers_dir(self) -> Path:
+        """Worker heartbeat files (see app.core.supervisor)."""
+        return self.data_dir / "workers"
+
+    @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 
@@ -78,6 +84,7 @@ class Settings(BaseSettings):
             self.jobs_dir,
             self.models_dir,
             self.cache_dir,
+            self.workers_dir,
             self.data_dir / "uploads",
         ):
             d.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,14 @@ from app.core.db import get_engine, get_sessionmaker
 from app.core.deps import SettingsDep
 from app.core.errors import error_body
 from app.core.routing import Route
+from app.core.supervisor import fresh_workers
 from app.jobs.models import Job
 from worker.celery_app import get_celery
 
 router = APIRouter(tags=["health"], route_class=Route)
+
+# Set by `finetune serve` when it runs an embedded worker: then readiness needs that worker.
+SUPERVISOR = None
 
 
 @router.get("/healthz")
@@ -23,7 +27,8 @@ def healthz() -> dict:
 
 @router.get("/readyz")
 def readyz(settings: SettingsDep, response: Response) -> dict:
-    """Ready when the database answers and the broker accepts a connection."""
+    """Ready when the database answers, the broker accepts a connection and, under
+    `finetune serve` with its embedded worker, that worker heart-beats."""
     checks: dict[str, str] = {}
     try:
         with get_engine().connect() as conn:
@@ -39,10 +44,21 @@ def readyz(settings: SettingsDep, response: Response) -> dict:
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"
     checks["broker_ms"] = f"{(time.monotonic() - start) * 1000:.1f}"
-    ok = checks["database"] == "ok" and checks["broker"] == "ok"
-    if not ok:
+    # A worker is alive while it touches its heartbeat file (every heartbeat_seconds).
+    max_age = max(3 * settings.heartbeat_seconds, 10)
+    checks["workers"] = str(fresh_workers(settings.workers_dir, max_age))
+    problems = [name for name in ("database", "broker") if checks[name] != "ok"]
+    if SUPERVISOR is not None:
+        # Embedded: this process owns the only worker; no heartbeat means no job can run.
+        pid = SUPERVISOR.pid()
+        beating = pid is not None and fresh_workers(settings.workers_dir, max_age, pid=pid)
+        checks["worker"] = "ok" if beating else "error: no heartbeat from the embedded worker"
+        if checks["worker"] != "ok":
+            problems.append("worker")
+    if problems:
         response.status_code = 503
-        return {**error_body("not_ready", "database or broker unreachable"), "checks": checks}
+        message = f"not ready: {', '.join(problems)} unavailable"
+        return {**error_body("not_ready", message), "checks": checks}
     return {"status": "ready", "checks": checks}
 
 
