@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     # How often the API re-queues jobs whose message was lost or whose lease expired.
     reconcile_seconds: int = 15
+    # How long a finished job's scratch (var/jobs/<id>: checkpoints) is kept (0: removed
+    # as the job ends); the reconciler sweeps what is older, and what a crash left.
+    job_scratch_retention_seconds: int = 0
     predict_max_batch: int = 16
     predict_max_delay_ms: float = 5.0
     model_cache_size: int = 4

@@ -1,5 +1,7 @@
 """Domain errors and their one JSON shape: {"error": {"code", "message"}}."""
 
+import errno
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -44,6 +46,29 @@ class Conflict(ApiError):
 class Invalid(ApiError):
     status = 422
     code = "invalid"
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the exception's chain (torch.save wraps it in a
+    RuntimeError; SQLite says "database or disk is full")."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "No space left on device" in text or "database or disk is full" in text:
+            return True
+    return False
+
+
+DISK_FULL_MESSAGE = "no space left on the data dir's disk; free some space and try again"
 
 
 def error_body(code: str, message: str) -> dict:

@@ -115,9 +115,23 @@ def create(
     return dataset
 
 
-def get(*, session: Session, owner: Owner, dataset_id: str) -> Dataset:
-    """The owner's dataset, or 404 (another owner's ids look the same as unknown ones)."""
-    dataset = session.get(Dataset, dataset_id)
+def get(*, session: Session, owner: Owner, dataset_id: str, lock: str | None = None) -> Dataset:
+    """The owner's dataset, or 404 (another owner's ids look the same as unknown ones).
+
+    `lock="share"` (a job is being created on it) or `lock="update"` (it is being deleted)
+    takes its row lock on PostgreSQL until the transaction ends, so a job creation and a
+    delete serialize: one of the two loses (404, or 409 dataset_in_use). SQLite's write
+    transactions are serialized already.
+    """
+    if lock is None:
+        dataset = session.get(Dataset, dataset_id)
+    else:
+        dataset = session.scalars(
+            select(Dataset)
+            .where(Dataset.id == dataset_id)
+            .with_for_update(read=lock == "share")
+            .execution_options(populate_existing=True)
+        ).first()
     if dataset is None or dataset.owner_id != owner.id:
         raise NotFound(f"dataset {dataset_id!r} not found")
     return dataset
@@ -131,7 +145,7 @@ def list_(*, session: Session, owner: Owner, limit: int, offset: int) -> tuple[l
 def delete(*, session: Session, owner: Owner, storage: LocalStorage, dataset_id: str) -> None:
     """Delete a dataset that no queued or running job still needs."""
     begin_write(session)
-    dataset = get(session=session, owner=owner, dataset_id=dataset_id)
+    dataset = get(session=session, owner=owner, dataset_id=dataset_id, lock="update")
     busy = session.scalar(
         select(func.count())
         .select_from(Job)

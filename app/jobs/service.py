@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import shutil
 from datetime import timedelta
 
 from sqlalchemy import or_, select, update
@@ -79,7 +80,8 @@ def create(
         existing = _by_idempotency_key(session, owner, idempotency_key)
         if existing is not None:
             return _replay(existing, request_hash, idempotency_key), False
-    dataset = datasets.get(session=session, owner=owner, dataset_id=spec.dataset_id)
+    # Row-locked until commit: a delete of the dataset waits, then sees this job.
+    dataset = datasets.get(session=session, owner=owner, dataset_id=spec.dataset_id, lock="share")
     _check_base_model(session=session, owner=owner, spec=spec, task=dataset.task)
     job = Job(
         id=new_id("job"),
@@ -227,3 +229,30 @@ def stale_jobs(
         .limit(100)
     )
     return list(rows)
+
+
+def sweep_job_scratch(*, session: Session, jobs_dir, retention_seconds: float) -> list[str]:
+    """Remove the scratch dirs (checkpoints) of jobs that ended over `retention_seconds`
+    ago, and of jobs that no longer exist: what a crashed worker or a retention left.
+    Returns the job ids swept."""
+    try:
+        names = [p.name for p in jobs_dir.iterdir() if p.is_dir()]
+    except FileNotFoundError:
+        return []
+    if not names:
+        return []
+    cutoff = utcnow() - timedelta(seconds=retention_seconds)
+    rows = {}
+    for i in range(0, len(names), 500):
+        query = select(Job.id, Job.status, Job.finished_at).where(Job.id.in_(names[i : i + 500]))
+        rows.update((r.id, r) for r in session.execute(query))
+    session.rollback()  # end the read transaction; nothing below needs the database
+    swept = []
+    for name in names:
+        row = rows.get(name)
+        if row is None or (
+            row.status in TERMINAL and (row.finished_at is None or row.finished_at <= cutoff)
+        ):
+            shutil.rmtree(jobs_dir / name, ignore_errors=True)
+            swept.append(name)
+    return swept
