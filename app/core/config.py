@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     # How long a finished job's scratch (var/jobs/<id>: checkpoints) is kept (0: removed
     # as the job ends); the reconciler sweeps what is older, and what a crash left.
     job_scratch_retention_seconds: int = 0
+    # PostgreSQL: a connection attempt, and one statement, give up after these (so a
+    # database that is down or paused answers 503 in seconds instead of hanging).
+    db_connect_timeout_seconds: int = 5
+    db_statement_timeout_seconds: int = 30
+    # /readyz waits at most this long for each of its checks.
+    ready_timeout_seconds: float = 3.0
     predict_max_batch: int = 16
     predict_max_delay_ms: float = 5.0
     model_cache_size: int = 4

@@ -1,4 +1,6 @@
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -25,24 +27,43 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
+# One pool per dependency: checks stuck on a paused database must not queue the broker's.
+_DB_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz-db")
+_BROKER_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz-broker")
+
+
+def _check_database() -> None:
+    with get_engine().connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def _check_broker() -> None:
+    with get_celery().connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+
+
+def _outcome(future, timeout: float) -> str:
+    try:
+        future.result(timeout=timeout)
+        return "ok"
+    except FutureTimeout:
+        return f"error: no answer within {timeout:g}s"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+
+
 @router.get("/readyz")
 def readyz(settings: SettingsDep, response: Response) -> dict:
     """Ready when the database answers, the broker accepts a connection and, under
     `finetune serve` with its embedded worker, that worker heart-beats."""
     checks: dict[str, str] = {}
-    try:
-        with get_engine().connect() as conn:
-            conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"error: {type(exc).__name__}"
+    # Each check in a thread of its own, waited for at most ready_timeout_seconds: a
+    # paused database or broker answers nothing, and readiness must still answer.
     start = time.monotonic()
-    try:
-        with get_celery().connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-        checks["broker"] = "ok"
-    except Exception as exc:
-        checks["broker"] = f"error: {type(exc).__name__}"
+    database = _DB_CHECKS.submit(_check_database)
+    broker = _BROKER_CHECKS.submit(_check_broker)
+    checks["database"] = _outcome(database, settings.ready_timeout_seconds)
+    checks["broker"] = _outcome(broker, settings.ready_timeout_seconds)
     checks["broker_ms"] = f"{(time.monotonic() - start) * 1000:.1f}"
     # A worker is alive while it touches its heartbeat file (every heartbeat_seconds).
     max_age = max(3 * settings.heartbeat_seconds, 10)
