@@ -153,7 +153,7 @@ def execute(*, job_id: str) -> str:
             _record_end(job_id, work_dir, status="cancelled")
             return "cancelled"
         except EngineError as exc:
-            error = {"code": exc.code, "message": exc.message}
+            error = {"code": exc.code, "message": exc.message[:1000]}
             _record_end(job_id, work_dir, status="failed", error=error)
             return "failed"
         except Exception as exc:
