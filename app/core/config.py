@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     api_key: str | None = None
 
     max_upload_bytes: int = 2 * 1024**3
+    # A tabular dataset's one-hot encoded width, and a tabular model's parameter count:
+    # refused (422) at upload and at job creation beyond these.
+    max_tabular_width: int = 10_000
+    max_model_params: int = 50_000_000
     # A job whose worker stopped heart-beating for this long is handed to another worker.
     lease_seconds: int = 60
     heartbeat_seconds: int = 10

@@ -31,6 +31,9 @@ class Limits:
     min_classes: int = 2
     min_samples_per_class: int = 2
     max_csv_rows: int = 2_000_000
+    # Columns a tabular dataset's features one-hot encode to (FINETUNE_MAX_TABULAR_WIDTH):
+    # the MLP's first layer and every batch are this wide.
+    max_encoded_width: int = 10_000
 
 
 class IngestError(Exception):

@@ -64,7 +64,7 @@ def create(
     scratch = storage.scratch_path()
     final = storage.dataset_dir(dataset_id)
     partial = final.with_name(final.name + ".partial")
-    limits = limits or Limits()
+    limits = limits or Limits(max_encoded_width=storage.settings.max_tabular_width)
     try:
         size = copy_bounded(upload, scratch, storage.settings.max_upload_bytes)
         if size == 0:
@@ -93,7 +93,7 @@ def create(
 
     meta = {
         k: manifest[k]
-        for k in ("columns", "feature_types", "label_column", "text_column")
+        for k in ("columns", "feature_types", "label_column", "text_column", "encoded_width")
         if k in manifest
     }
     dataset = Dataset(

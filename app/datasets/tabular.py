@@ -47,6 +47,9 @@ SPLIT_COLUMN = "split"
 MAX_LINE_BYTES = 1024 * 1024
 MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}
 MAX_CATEGORIES = 1000  # categories listed in the manifest per column; beyond, null
+# One-hot columns the engine gives a categorical feature at most (app.training.tabular's
+# MAX_CATEGORIES; this package stays free of torch, so it is repeated here).
+ONE_HOT_MAX = 64
 DELIMITERS = (",", ";", "\t", "|")
 
 
@@ -242,6 +245,23 @@ def ingest_csv(
             splits[pool[j]] = "test"
     totals, per_split = split_summary(splits, labels, classes)
     check_trainable(per_split, need_train=need_train, generated=split_source == "generated")
+    encoded_width = 0
+    if not is_text:
+        kinds = {i: numeric[i] and missing[i] < len(labels) for i in features}
+        encoded_width = sum(
+            (1 + (missing[i] > 0))
+            if kinds[i]
+            else min(len(categories[i] or ()) or ONE_HOT_MAX, ONE_HOT_MAX)
+            for i in features
+        )
+        if encoded_width > limits.max_encoded_width:
+            n_cat = sum(1 for i in features if not kinds[i])
+            raise IngestError(
+                "too_wide",
+                f"the {len(features)} feature columns ({n_cat} categorical) one-hot encode to "
+                f"{encoded_width} columns, over the limit of {limits.max_encoded_width} "
+                "(FINETUNE_MAX_TABULAR_WIDTH); drop id-like or high-cardinality columns",
+            )
 
     columns = [names[i] for i in keep] + [SPLIT_COLUMN]
     with staging(dest_dir) as work:
@@ -285,6 +305,7 @@ def ingest_csv(
                 for i in features
             }
             manifest["missing_counts"] = {names[i]: missing[i] for i in features}
+            manifest["encoded_width"] = encoded_width
             manifest["categories"] = {
                 names[i]: (sorted(categories[i]) if categories[i] is not None else None)  # type: ignore[arg-type]
                 for i in features

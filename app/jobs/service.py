@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
+from app.core.config import get_settings
 from app.core.db import begin_write, new_id, utcnow
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.pagination import fetch_page
@@ -19,6 +20,7 @@ from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import JobSpec
 from app.registry import base_models
 from app.registry.models import Model
+from app.training.tabular import HIDDEN
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,35 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
     return {"architecture": spec.base_model}
 
 
+def mlp_params(width: int, classes: int) -> int:
+    """Parameters of the tabular MLP for `width` encoded inputs and `classes` outputs."""
+    sizes = [width, *HIDDEN, classes]
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
+
+
+def _check_model_size(*, dataset, base: dict) -> None:
+    """A tabular MLP is as wide as its dataset's one-hot encoding: refuse one over the
+    configured width or parameter limits before it takes a worker's memory (a model made
+    here, `model:<id>`, keeps its parent's preprocessing and size)."""
+    width = (dataset.meta or {}).get("encoded_width")
+    if base.get("architecture") != "mlp" or "parent_model_id" in base or width is None:
+        return
+    settings = get_settings()
+    if width > settings.max_tabular_width:
+        raise Invalid(
+            f"dataset {dataset.id!r} one-hot encodes to {width} columns, over the limit of "
+            f"{settings.max_tabular_width} (FINETUNE_MAX_TABULAR_WIDTH)",
+            code="too_wide",
+        )
+    params = mlp_params(width, len(dataset.classes))
+    if params > settings.max_model_params:
+        raise Invalid(
+            f"the model would have {params} parameters, over the limit of "
+            f"{settings.max_model_params} (FINETUNE_MAX_MODEL_PARAMS)",
+            code="model_too_large",
+        )
+
+
 def create(
     *, session: Session, owner: Owner, spec: JobSpec, idempotency_key: str | None
 ) -> tuple[Job, bool]:
@@ -82,7 +113,8 @@ def create(
             return _replay(existing, request_hash, idempotency_key), False
     # Row-locked until commit: a delete of the dataset waits, then sees this job.
     dataset = datasets.get(session=session, owner=owner, dataset_id=spec.dataset_id, lock="share")
-    _check_base_model(session=session, owner=owner, spec=spec, task=dataset.task)
+    base = _check_base_model(session=session, owner=owner, spec=spec, task=dataset.task)
+    _check_model_size(dataset=dataset, base=base)
     job = Job(
         id=new_id("job"),
         owner_id=owner.id,
