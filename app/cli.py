@@ -47,14 +47,15 @@ def _serve(args: argparse.Namespace) -> int:
     # `finally` could stop the worker (an orphan that keeps training); this one unwinds
     # the stack as SIGINT's KeyboardInterrupt does.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    config = uvicorn.Config(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+    )
     try:
-        uvicorn.run(
-            "app.main:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            log_level=settings.log_level.lower(),
-        )
+        _server_class()(config).run()
     except KeyboardInterrupt:
         pass
     finally:
@@ -66,6 +67,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(0)
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # Event streams end at once (with a `shutdown` event the client reconnects
+            # from); uvicorn would otherwise wait for them as long as their jobs run.
+            from app.jobs.router import STREAMS_CLOSING
+
+            STREAMS_CLOSING.set()
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def _worker(args: argparse.Namespace) -> int:

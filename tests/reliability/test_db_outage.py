@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.helpers import free_port
-from tests.reliability.conftest import Live
+from tests.reliability.conftest import Live, upload_digits
 
 
 def _children(pid: int) -> list[int]:
@@ -164,3 +165,39 @@ def test_stopped_database_is_a_503_not_a_500(pg_live):
         finally:
             pg.start()
         assert client.get("/v1/datasets").status_code == 200
+
+
+def test_open_event_streams_do_not_block_the_loop_while_the_database_is_paused(pg_live, tmp_path):
+    pg, live = pg_live
+    with live.client() as client:
+        ds = upload_digits(client, tmp_path / "d.zip", per_class=3, classes=2, size=8)
+        spec = {"dataset_id": ds["id"], "base_model": "tiny_cnn", "epochs": 1, "image_size": 32}
+        job_id = client.post("/v1/jobs", json=spec).json()["id"]  # no worker: stays queued
+        headers = {**client.headers, "Accept": "text/event-stream"}
+
+        def stream():
+            url = f"{live.base}/v1/jobs/{job_id}/events"
+            with httpx.stream("GET", url, headers=headers, timeout=120) as r:
+                for _ in r.iter_lines():
+                    pass
+
+        readers = [threading.Thread(target=stream, daemon=True) for _ in range(3)]
+        for t in readers:
+            t.start()
+        time.sleep(1.5)  # every stream has polled at least once
+        pg.signal(signal.SIGSTOP)
+        try:
+            time.sleep(1.5)  # every stream is now stuck in a poll
+            worst = 0.0
+            for _ in range(5):
+                t0 = time.monotonic()
+                assert httpx.get(f"{live.base}/healthz", timeout=10).status_code == 200
+                worst = max(worst, time.monotonic() - t0)
+                time.sleep(0.2)
+        finally:
+            pg.signal(signal.SIGCONT)
+        assert worst < 0.5, worst
+        client.post(f"/v1/jobs/{job_id}/cancel")  # the streams end with the job
+        for t in readers:
+            t.join(timeout=30)
+    print(f"\n[db paused, 3 streams] worst /healthz {worst * 1000:.0f} ms")

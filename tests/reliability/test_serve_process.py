@@ -5,6 +5,7 @@ in the filesystem broker's queue is moved aside instead of killing the worker.""
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -192,3 +193,49 @@ def test_malformed_broker_messages_are_moved_aside_not_fatal(serve, tmp_path):
     assert aside == bad_names
     assert "restarting it" not in serve.log.read_text()  # the worker never died
     assert not list(queue.glob("*.msg"))
+
+
+def _read_stream(base: str, job_id: str, lines: list, last_id: int | None = None):
+    headers = {"Authorization": f"Bearer {TEST_KEY}", "Accept": "text/event-stream"}
+    if last_id is not None:
+        headers["Last-Event-ID"] = str(last_id)
+    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", headers=headers, timeout=120) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            lines.append(line)
+            if last_id is not None and line.startswith("id: "):
+                return  # the first event after the reconnect is enough
+
+
+@pytest.mark.slow
+def test_sigterm_ends_open_event_streams_which_resume_with_last_event_id(serve, tmp_path):
+    with serve.client() as client:
+        ds = upload_digits(client, tmp_path / "d.zip", per_class=20, classes=4)
+        spec = {**SLOW_SPEC, "dataset_id": ds["id"], "epochs": 300}
+        job_id = client.post("/v1/jobs", json=spec).json()["id"]
+        poll(client, job_id, lambda j: j["progress"]["epoch"] >= 1, 90, every=0.05)
+    lines: list[str] = []
+    reader = threading.Thread(target=_read_stream, args=(serve.base, job_id, lines), daemon=True)
+    reader.start()
+    end = time.monotonic() + 30
+    while not any(line.startswith("id: ") for line in lines):
+        assert time.monotonic() < end, lines
+        time.sleep(0.05)
+
+    t0 = time.monotonic()
+    os.kill(serve.proc.pid, signal.SIGTERM)
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "the open event stream held the shutdown"
+    assert "event: shutdown" in lines, lines[-5:]
+    serve.proc.wait(timeout=60)
+    print(f"\n[sigterm + stream] serve exited {time.monotonic() - t0:.1f}s after SIGTERM")
+
+    last_id = max(int(line[4:]) for line in lines if line.startswith("id: "))
+    serve.start()
+    more: list[str] = []
+    _read_stream(serve.base, job_id, more, last_id=last_id)
+    ids = [int(line[4:]) for line in more if line.startswith("id: ")]
+    assert ids and ids[0] > last_id, (last_id, more)
+    with serve.client() as client:
+        client.post(f"/v1/jobs/{job_id}/cancel")
+        assert poll(client, job_id, finished, 60)["status"] == "cancelled"
