@@ -173,11 +173,14 @@ def test_open_event_streams_do_not_block_the_loop_while_the_database_is_paused(p
         ds = upload_digits(client, tmp_path / "d.zip", per_class=3, classes=2, size=8)
         spec = {"dataset_id": ds["id"], "base_model": "tiny_cnn", "epochs": 1, "image_size": 32}
         job_id = client.post("/v1/jobs", json=spec).json()["id"]  # no worker: stays queued
-        headers = {**client.headers, "Accept": "text/event-stream"}
+        headers = httpx.Headers(client.headers)
+        headers["Accept"] = "text/event-stream"
+        opened = []
 
         def stream():
             url = f"{live.base}/v1/jobs/{job_id}/events"
             with httpx.stream("GET", url, headers=headers, timeout=120) as r:
+                opened.append(r.headers["content-type"])
                 for _ in r.iter_lines():
                     pass
 
@@ -185,6 +188,7 @@ def test_open_event_streams_do_not_block_the_loop_while_the_database_is_paused(p
         for t in readers:
             t.start()
         time.sleep(1.5)  # every stream has polled at least once
+        assert len(opened) == 3 and all(c.startswith("text/event-stream") for c in opened)
         pg.signal(signal.SIGSTOP)
         try:
             time.sleep(1.5)  # every stream is now stuck in a poll
