@@ -16,8 +16,11 @@ class Settings(BaseSettings):
     # Empty means the embedded broker: kombu's filesystem transport under data_dir.
     broker_url: str = ""
     api_key: str | None = None
+    # When set, /metrics needs "Authorization: Bearer <this>" (it aggregates all owners).
+    metrics_token: str | None = None
 
     max_upload_bytes: int = 2 * 1024**3
+    max_header_bytes: int = 32 * 1024  # all request headers together; beyond, a 431
     # A tabular dataset's one-hot encoded width, and a tabular model's parameter count:
     # refused (422) at upload and at job creation beyond these.
     max_tabular_width: int = 10_000

@@ -1,8 +1,10 @@
+import hmac
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -10,7 +12,7 @@ from sqlalchemy import func, select, text
 
 from app.core.db import get_engine, get_sessionmaker
 from app.core.deps import SettingsDep
-from app.core.errors import error_body
+from app.core.errors import Unauthorized, error_body
 from app.core.routing import Route
 from app.core.supervisor import fresh_workers
 from app.jobs.models import Job
@@ -110,6 +112,15 @@ _registry.register(_JobsCollector())
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
-def metrics() -> Response:
+def metrics(
+    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    """Prometheus metrics, aggregated across every owner (request counts by route, jobs by
+    status). Open unless FINETUNE_METRICS_TOKEN is set; then it needs that bearer token."""
+    token = settings.metrics_token
+    if token:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized("/metrics needs 'Authorization: Bearer <FINETUNE_METRICS_TOKEN>'")
     body = generate_latest() + generate_latest(_registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

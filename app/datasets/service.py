@@ -1,10 +1,13 @@
 """Datasets: an upload is streamed to disk, validated and ingested, then recorded."""
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
@@ -58,15 +61,28 @@ def create(
     label_column: str,
     text_column: str,
     limits: Limits | None = None,
-) -> Dataset:
-    """Ingest an uploaded archive or CSV into a new dataset; nothing is left behind on error."""
+    idempotency_key: str | None = None,
+) -> tuple[Dataset, bool]:
+    """Ingest an uploaded archive or CSV into a new dataset; nothing is left behind on error.
+
+    Returns (dataset, created). With an `idempotency_key` already used by this owner for
+    the same bytes and form fields, that dataset is returned (created False); with other
+    bytes, a 409.
+    """
+    digest = hashlib.sha256(json.dumps([name, task, label_column, text_column]).encode())
+    if idempotency_key:
+        existing = _by_idempotency_key(session, owner, idempotency_key)
+        if existing is not None:
+            while chunk := upload.read(1024 * 1024):
+                digest.update(chunk)
+            return _replay(existing, digest.hexdigest(), idempotency_key), False
     dataset_id = new_id("ds")
     scratch = storage.scratch_path()
     final = storage.dataset_dir(dataset_id)
     partial = final.with_name(final.name + ".partial")
     limits = limits or Limits(max_encoded_width=storage.settings.max_tabular_width)
     try:
-        size = copy_bounded(upload, scratch, storage.settings.max_upload_bytes)
+        size = copy_bounded(upload, scratch, storage.settings.max_upload_bytes, digest=digest)
         if size == 0:
             raise Invalid("the uploaded file is empty", code="empty_upload")
         fmt = sniff_format(scratch)
@@ -106,14 +122,37 @@ def create(
         class_counts=manifest["class_counts"],
         splits=manifest["splits"],
         meta=meta,
+        idempotency_key=idempotency_key,
+        request_hash=digest.hexdigest(),
     )
     begin_write(session)
     session.add(dataset)
     try:
         session.commit()
-    except Exception:
+    except Exception as exc:
         shutil.rmtree(final, ignore_errors=True)
+        session.rollback()
+        if isinstance(exc, IntegrityError) and idempotency_key:
+            # Two uploads with one Idempotency-Key raced; the other one won.
+            existing = _by_idempotency_key(session, owner, idempotency_key)
+            if existing is not None:
+                return _replay(existing, digest.hexdigest(), idempotency_key), False
         raise
+    return dataset, True
+
+
+def _by_idempotency_key(session: Session, owner: Owner, key: str) -> Dataset | None:
+    return session.scalars(
+        select(Dataset).where(Dataset.owner_id == owner.id, Dataset.idempotency_key == key)
+    ).first()
+
+
+def _replay(dataset: Dataset, request_hash: str, key: str) -> Dataset:
+    if dataset.request_hash != request_hash:
+        raise Conflict(
+            f"Idempotency-Key {key!r} was already used for a different upload",
+            code="idempotency_conflict",
+        )
     return dataset
 
 

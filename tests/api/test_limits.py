@@ -1,4 +1,5 @@
-"""Tabular width and parameter limits (FINETUNE_MAX_TABULAR_WIDTH, FINETUNE_MAX_MODEL_PARAMS):
+"""Tabular width and parameter limits (FINETUNE_MAX_TABULAR_WIDTH, FINETUNE_MAX_MODEL_PARAMS)
+and the /metrics token (FINETUNE_METRICS_TOKEN). Limits:
 a small CSV whose categorical columns one-hot encode to a huge first layer is refused at
 upload, and a job whose model would pass the limits is refused at creation, each with a
 422 that names the limit."""
@@ -59,3 +60,13 @@ def test_limits_at_job_creation(api, monkeypatch, env, code, limit):
     error = r.json()["error"]
     assert error["code"] == code and limit in error["message"], error
     assert api.get("/v1/jobs").json()["total"] == 0
+
+
+def test_metrics_token(api, monkeypatch):
+    assert api.get("/metrics", headers={"Authorization": ""}).status_code == 200  # open
+    _limits(monkeypatch, FINETUNE_METRICS_TOKEN="scrape-me")
+    r = api.get("/metrics", headers={"Authorization": ""})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+    assert api.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = api.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+    assert ok.status_code == 200 and "finetune_jobs" in ok.text
