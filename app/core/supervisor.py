@@ -71,10 +71,20 @@ class WorkerSupervisor:
     def _run(self) -> None:
         backoff = self.MIN_BACKOFF
         while not self._stop.is_set():
+            failed = None
             with self._lock:
                 if self._stop.is_set():
                     break
-                self.proc = self._spawn()
+                try:
+                    self.proc = self._spawn()
+                except OSError as exc:  # out of memory or processes: try again later
+                    failed = exc
+            if failed is not None:
+                _say(f"could not start the embedded worker ({failed}); retrying in {backoff:.0f}s")
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, self.MAX_BACKOFF)
+                continue
             started = time.monotonic()
             while self.proc.poll() is None and not self._stop.wait(0.5):
                 pass
