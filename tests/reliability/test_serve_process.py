@@ -120,7 +120,7 @@ def _running_worker_pid(client, job_id: str) -> int:
 def test_sigterm_to_serve_hands_the_job_back_and_stops_the_worker(serve, tmp_path):
     with serve.client() as client:
         ds = upload_digits(client, tmp_path / "d.zip", per_class=20, classes=4)
-        epochs = 30
+        epochs = 20
         job_id = client.post(
             "/v1/jobs", json={**SLOW_SPEC, "dataset_id": ds["id"], "epochs": epochs}
         ).json()["id"]
