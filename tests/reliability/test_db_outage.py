@@ -20,6 +20,8 @@ import pytest
 from tests.helpers import free_port
 from tests.reliability.conftest import Live, upload_digits
 
+pytestmark = pytest.mark.slow
+
 
 def _children(pid: int) -> list[int]:
     out = []

@@ -9,6 +9,9 @@ import pytest
 
 from tests.reliability.conftest import PG_ADMIN, Live, events, finished, poll, upload_digits
 
+pytestmark = pytest.mark.slow
+
+
 TINY = {
     "base_model": "tiny_cnn",
     "strategy": "full",

@@ -4,6 +4,8 @@ the outcome (a failed one: test_disk_full), and what a crash left behind is swep
 
 import time
 
+import pytest
+
 from tests.reliability.conftest import Live, finished, poll, upload_digits
 from tests.reliability.test_crash import SLOW_SPEC
 
@@ -17,6 +19,7 @@ def _gone(path, deadline_s: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_cancelled_job_leaves_no_scratch(embedded: Live, tmp_path):
     embedded.ensure_workers(1)
     client = embedded.new_owner()
