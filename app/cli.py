@@ -35,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
         from app.core import health
         from app.core.supervisor import WorkerSupervisor
 
-        supervisor = health.SUPERVISOR = WorkerSupervisor(worker_env)
+        supervisor = health.SUPERVISOR = WorkerSupervisor(worker_env, settings.workers_dir)
         supervisor.start()
     print(
         f"  finetune API on http://{args.host}:{args.port}  (data: {settings.data_dir};"

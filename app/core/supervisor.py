@@ -43,8 +43,11 @@ class WorkerSupervisor:
 
     MIN_BACKOFF, MAX_BACKOFF, HEALTHY_AFTER = 1.0, 60.0, 60.0
 
-    def __init__(self, env: dict[str, str], stop_timeout: float = 30.0):
+    def __init__(
+        self, env: dict[str, str], workers_dir: Path | None = None, stop_timeout: float = 30.0
+    ):
         self.env = {**env, PARENT_ENV: str(os.getpid())}
+        self.workers_dir = workers_dir
         self.stop_timeout = stop_timeout
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
@@ -91,6 +94,9 @@ class WorkerSupervisor:
             if self._stop.is_set():
                 break
             code = self.proc.returncode
+            if self.workers_dir is not None:  # a killed worker could not remove its own
+                for stale in self.workers_dir.glob(f"*:{self.proc.pid}:*"):
+                    stale.unlink(missing_ok=True)
             if time.monotonic() - started >= self.HEALTHY_AFTER:
                 backoff = self.MIN_BACKOFF
             how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
