@@ -4,7 +4,6 @@ import argparse
 import os
 import signal
 import socket
-import subprocess
 import sys
 
 
@@ -29,37 +28,70 @@ def _serve(args: argparse.Namespace) -> int:
         generated = ensure_admin(session=session, configured_key=settings.api_key)
     if generated:
         announce_admin_key(generated)
-    worker = None
+    supervisor = None
     if settings.embedded_broker and not args.no_worker:
-        # Embedded mode: the same Celery worker as in a cluster, as a child process.
-        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=worker_env)
+        # Embedded mode: the same Celery worker as in a cluster, as a child process that
+        # is restarted if it dies and that dies with us (see app.core.supervisor).
+        from app.core import health
+        from app.core.supervisor import WorkerSupervisor
+
+        supervisor = health.SUPERVISOR = WorkerSupervisor(worker_env, settings.workers_dir)
+        supervisor.start()
     print(
         f"  finetune API on http://{args.host}:{args.port}  (data: {settings.data_dir};"
         f" broker: {'embedded' if settings.embedded_broker else 'external'})",
         flush=True,
     )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it (signal.raise_signal)
+    # under the handler it found. The default handler would end the process there, before
+    # `finally` could stop the worker (an orphan that keeps training); this one unwinds
+    # the stack as SIGINT's KeyboardInterrupt does.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    config = uvicorn.Config(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+    )
     try:
-        uvicorn.run(
-            "app.main:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            log_level=settings.log_level.lower(),
-        )
+        _server_class()(config).run()
+    except KeyboardInterrupt:
+        pass
     finally:
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not orphan it
+        if supervisor is not None:
+            supervisor.stop()
     return 0
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(0)
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # Event streams end at once (with a `shutdown` event the client reconnects
+            # from); uvicorn would otherwise wait for them as long as their jobs run.
+            from app.jobs.router import STREAMS_CLOSING
+
+            STREAMS_CLOSING.set()
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
 def _worker(args: argparse.Namespace) -> int:
+    from celery.signals import worker_ready, worker_shutdown
+
     from app.core.config import get_settings
+    from app.core.supervisor import Heartbeat, die_with_parent
     from worker.celery_app import make_celery
 
+    die_with_parent()
     settings = get_settings()
     settings.ensure_dirs()
     if settings.torch_threads:
@@ -67,7 +99,12 @@ def _worker(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(settings.torch_threads)
     app = make_celery(settings)
-    import worker.tasks  # noqa: F401  registers the task on the app
+    import worker.tasks  # registers the task on the app
+
+    # A heartbeat file while the worker consumes: /readyz's sign of a live worker.
+    beat = Heartbeat(settings.workers_dir, worker.tasks.WORKER_ID, settings.heartbeat_seconds)
+    worker_ready.connect(lambda **_: beat.start(), weak=False)
+    worker_shutdown.connect(lambda **_: beat.stop(), weak=False)
 
     # Solo pool: one job at a time in this process (one job per GPU per worker process);
     # run N processes for N GPUs. Gossip/mingle/heartbeat are cluster chatter we don't use.

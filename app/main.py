@@ -11,7 +11,7 @@ from app.core.config import get_settings
 from app.core.db import get_sessionmaker
 from app.core.errors import install_error_handlers
 from app.core.health import router as health_router
-from app.core.middleware import BodyLimit, Metrics, RefuseNulPath
+from app.core.middleware import BodyLimit, HeaderLimit, Metrics, RefuseNulPath
 from app.core.schemas import ErrorResponse
 from app.datasets.router import router as datasets_router
 from app.jobs.reconciler import Reconciler
@@ -79,5 +79,6 @@ def create_app() -> FastAPI:
     # Multipart framing adds a little to the file itself.
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(RefuseNulPath)
+    app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)
     app.add_middleware(Metrics)
     return app

@@ -15,6 +15,7 @@ from functools import lru_cache
 from celery import Celery
 
 from app.core.config import Settings, get_settings
+from worker import fsbroker  # noqa: F401  registers the embedded broker's transport
 
 RUN_JOB = "finetune.run_job"
 QUEUE = "finetune"

@@ -17,6 +17,7 @@ from celery.signals import worker_shutting_down
 
 from app.core.config import get_settings
 from app.core.db import get_sessionmaker, new_id
+from app.core.errors import DISK_FULL_MESSAGE, is_disk_full
 from app.jobs import lifecycle
 from app.jobs.models import Job
 from app.registry.models import Model
@@ -109,11 +110,6 @@ def execute(*, job_id: str) -> str:
         return "skipped"
     log.info("job %s: attempt %d%s", job_id, claim.attempt, " (resuming)" if claim.resumed else "")
 
-    with Session() as session:
-        job = session.get(Job, job_id)
-        spec, owner_id, dataset_id = dict(job.spec), job.owner_id, job.dataset_id
-        task = job_task(session=session, dataset_id=dataset_id)
-
     def on_epoch(report: dict) -> None:
         with Session() as session:
             if not lifecycle.record_epoch(
@@ -122,14 +118,19 @@ def execute(*, job_id: str) -> str:
                 lease.lost.set()
 
     work_dir = storage.job_dir(job_id)
-    work_dir.mkdir(parents=True, exist_ok=True)
     with _Lease(job_id, settings.lease_seconds, settings.heartbeat_seconds) as lease:
         try:
+            # Everything that can refuse the job (its dataset or base model is gone) is
+            # inside the try: an engine error before training fails the job at once.
             with Session() as session:
+                job = session.get(Job, job_id)
+                spec, owner_id, dataset_id = dict(job.spec), job.owner_id, job.dataset_id
+                task = job_task(session=session, dataset_id=dataset_id)
                 init_state, lineage = init_state_for(
                     session=session, storage=storage, owner_id=owner_id, spec=spec
                 )
             config = train_config(spec, architecture=lineage["architecture"])
+            work_dir.mkdir(parents=True, exist_ok=True)
             result = train(
                 config=config,
                 dataset_dir=storage.dataset_dir(dataset_id),
@@ -149,34 +150,22 @@ def execute(*, job_id: str) -> str:
                     lifecycle.release(session=session, job_id=job_id, worker=WORKER_ID)
                 log.info("job %s: handed back at shutdown; it resumes from its checkpoint", job_id)
                 return "released"
-            with Session() as session:
-                lifecycle.finish(
-                    session=session, job_id=job_id, worker=WORKER_ID, status="cancelled"
-                )
+            _record_end(job_id, work_dir, status="cancelled")
             return "cancelled"
         except EngineError as exc:
-            with Session() as session:
-                lifecycle.finish(
-                    session=session,
-                    job_id=job_id,
-                    worker=WORKER_ID,
-                    status="failed",
-                    error={"code": exc.code, "message": exc.message},
-                )
+            error = {"code": exc.code, "message": exc.message[:1000]}
+            _record_end(job_id, work_dir, status="failed", error=error)
             return "failed"
         except Exception as exc:
-            log.exception("job %s failed", job_id)
-            with Session() as session:
-                lifecycle.finish(
-                    session=session,
-                    job_id=job_id,
-                    worker=WORKER_ID,
-                    status="failed",
-                    error={
-                        "code": "internal_error",
-                        "message": f"{type(exc).__name__}: {exc}"[:1000],
-                    },
-                )
+            if is_disk_full(exc):
+                log.error("job %s: the disk is full: %s", job_id, exc)
+                # Its checkpoints are what is most likely to free room to record the failure.
+                shutil.rmtree(work_dir, ignore_errors=True)
+                error = {"code": "disk_full", "message": f"{DISK_FULL_MESSAGE} ({exc})"[:1000]}
+            else:
+                log.exception("job %s failed", job_id)
+                error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:1000]}
+            _record_end(job_id, work_dir, status="failed", error=error)
             return "failed"
 
     model_id = new_id("mdl")
@@ -201,22 +190,44 @@ def execute(*, job_id: str) -> str:
             "best_epoch": result.best_epoch,
         },
     )
-    with Session() as session:
-        done = lifecycle.finish(
-            session=session,
-            job_id=job_id,
-            worker=WORKER_ID,
-            status="succeeded",
-            model=model,
-            metrics=_summary(result),
-            leaderboard=result.leaderboard,
-        )
-    if not done:
-        # Another worker took the job over while we ran; its result is the one that counts.
+    done = _record_end(
+        job_id,
+        work_dir,
+        status="succeeded",
+        model=model,
+        metrics=_summary(result),
+        leaderboard=result.leaderboard,
+    )
+    if done != "succeeded":
+        # Another worker took the job over while we ran (its result is the one that
+        # counts), or a cancel that came in first won: no model either way.
         shutil.rmtree(model_dir, ignore_errors=True)
-        return "lease_lost"
-    shutil.rmtree(work_dir, ignore_errors=True)
+        return done or "lease_lost"
     return "succeeded"
+
+
+def _record_end(job_id: str, work_dir, **outcome) -> str | None:
+    """lifecycle.finish, retried while the disk is full (SQLite lives on it too): the end
+    is recorded once there is room to say so. Then the job's scratch goes (checkpoints,
+    a half-written .tmp), unless a retention keeps it a while for the sweep. Returns the
+    status recorded, or None if the job was no longer ours."""
+    delay = 1.0
+    while True:
+        try:
+            with get_sessionmaker()() as session:
+                done = lifecycle.finish(session=session, job_id=job_id, worker=WORKER_ID, **outcome)
+            break
+        except Exception as exc:
+            if not is_disk_full(exc) or SHUTTING_DOWN.is_set():
+                raise
+            log.warning(
+                "job %s: cannot record its end, the disk is full; retrying in %.0fs", job_id, delay
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+    if done and get_settings().job_scratch_retention_seconds <= 0:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return done
 
 
 def _summary(result) -> dict:

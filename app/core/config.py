@@ -16,14 +16,30 @@ class Settings(BaseSettings):
     # Empty means the embedded broker: kombu's filesystem transport under data_dir.
     broker_url: str = ""
     api_key: str | None = None
+    # When set, /metrics needs "Authorization: Bearer <this>" (it aggregates all owners).
+    metrics_token: str | None = None
 
     max_upload_bytes: int = 2 * 1024**3
+    max_header_bytes: int = 32 * 1024  # all request headers together; beyond, a 431
+    # A tabular dataset's one-hot encoded width, and a tabular model's parameter count:
+    # refused (422) at upload and at job creation beyond these.
+    max_tabular_width: int = 10_000
+    max_model_params: int = 50_000_000
     # A job whose worker stopped heart-beating for this long is handed to another worker.
     lease_seconds: int = 60
     heartbeat_seconds: int = 10
     max_attempts: int = 3
     # How often the API re-queues jobs whose message was lost or whose lease expired.
     reconcile_seconds: int = 15
+    # How long a finished job's scratch (var/jobs/<id>: checkpoints) is kept (0: removed
+    # as the job ends); the reconciler sweeps what is older, and what a crash left.
+    job_scratch_retention_seconds: int = 0
+    # PostgreSQL: a connection attempt, and one statement, give up after these (so a
+    # database that is down or paused answers 503 in seconds instead of hanging).
+    db_connect_timeout_seconds: int = 5
+    db_statement_timeout_seconds: int = 30
+    # /readyz waits at most this long for each of its checks.
+    ready_timeout_seconds: float = 3.0
     predict_max_batch: int = 16
     predict_max_delay_ms: float = 5.0
     model_cache_size: int = 4
@@ -48,7 +64,8 @@ class Settings(BaseSettings):
 
     @property
     def celery_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        # The embedded broker: kombu's filesystem transport, hardened (worker/fsbroker.py).
+        return self.broker_url or "finetunefs://"
 
     @property
     def broker_dir(self) -> Path:
@@ -67,6 +84,11 @@ class Settings(BaseSettings):
         return self.data_dir / "models"
 
     @property
+    def workers_dir(self) -> Path:
+        """Worker heartbeat files (see app.core.supervisor)."""
+        return self.data_dir / "workers"
+
+    @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 
@@ -78,6 +100,7 @@ class Settings(BaseSettings):
             self.jobs_dir,
             self.models_dir,
             self.cache_dir,
+            self.workers_dir,
             self.data_dir / "uploads",
         ):
             d.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,25 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    settings = get_settings()
+    connect_args = {}
+    if url.startswith("postgresql"):
+        # Timeouts, so an outage is an error in seconds, not a request that hangs: the
+        # connection attempt (which includes the server's startup reply: a paused server
+        # accepts the TCP connection and then says nothing) and each statement.
+        statement_ms = int(settings.db_statement_timeout_seconds * 1000)
+        connect_args = {
+            "connect_timeout": settings.db_connect_timeout_seconds,
+            "options": f"-c statement_timeout={statement_ms}",
+        }
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=max(settings.db_connect_timeout_seconds, 1) * 2,
+        connect_args=connect_args,
+    )
 
 
 @lru_cache

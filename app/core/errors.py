@@ -1,9 +1,16 @@
 """Domain errors and their one JSON shape: {"error": {"code", "message"}}."""
 
+import errno
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("finetune.errors")
 
 
 class ApiError(Exception):
@@ -46,6 +53,51 @@ class Invalid(ApiError):
     code = "invalid"
 
 
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the exception's chain (torch.save wraps it in a
+    RuntimeError; SQLite says "database or disk is full")."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "No space left on device" in text or "database or disk is full" in text:
+            return True
+    return False
+
+
+DISK_FULL_MESSAGE = "no space left on the data dir's disk; free some space and try again"
+
+
+DATABASE_DOWN_MESSAGE = "the database is unavailable (down, paused or unreachable); retry shortly"
+_INTERNAL = "internal server error (a bug; see the server log)"
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """The database cannot be reached or answered too late (not a bad statement)."""
+    if isinstance(exc, SQLAlchemyTimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError) and not is_disk_full(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _disk_full(request: Request, exc: BaseException) -> JSONResponse:
+    log.error("disk full on %s: %s", request.url.path, _first_line(exc))
+    return JSONResponse(error_body("disk_full", DISK_FULL_MESSAGE), 507)
+
+
 def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
@@ -72,13 +124,37 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse(body, 422)
 
+    # Infrastructure faults: the client can only retry later, so 503/507 with one log
+    # line, not a 500 and a traceback (and the keep-alive connection survives).
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if is_disk_full(exc):
+            return _disk_full(request, exc)
+        if not is_database_outage(exc):
+            log.error("database error on %s", request.url.path, exc_info=exc)
+            return JSONResponse(error_body("internal_error", _INTERNAL), 500)
+        log.warning("database unavailable on %s: %s", request.url.path, _first_line(exc))
+        return JSONResponse(
+            error_body("database_unavailable", DATABASE_DOWN_MESSAGE),
+            503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if is_disk_full(exc):
+            return _disk_full(request, exc)
+        log.error("I/O error on %s", request.url.path, exc_info=exc)
+        return JSONResponse(error_body("internal_error", _INTERNAL), 500)
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # A bug. Starlette re-raises after this response, so the traceback still reaches
         # the log; the client gets the one error shape, and no internals.
-        return JSONResponse(
-            error_body("internal_error", "internal server error (a bug; see the server log)"), 500
-        )
+        if is_disk_full(exc):  # wrapped by a library, say
+            return JSONResponse(error_body("disk_full", DISK_FULL_MESSAGE), 507)
+        return JSONResponse(error_body("internal_error", _INTERNAL), 500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

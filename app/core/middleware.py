@@ -1,4 +1,5 @@
-"""ASGI middleware: request-size limit (before any body is read), NUL in the path, metrics."""
+"""ASGI middleware: request-size and header-size limits (before any body is read), NUL in
+the path, metrics."""
 
 import json
 import time
@@ -92,6 +93,39 @@ class RefuseNulPath:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class HeaderLimit:
+    """Refuse requests whose headers add up to more than `limit` bytes with a 431 (the
+    HTTP parser accepts any size; nothing downstream needs more than a few KiB)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        if size <= self.limit:
+            return await self.app(scope, receive, send)
+        body = json.dumps(
+            error_body(
+                "headers_too_large",
+                f"the request headers add up to {size} bytes, over the limit of {self.limit}",
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 431,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
                 ],
             }
         )

@@ -31,6 +31,9 @@ class Limits:
     min_classes: int = 2
     min_samples_per_class: int = 2
     max_csv_rows: int = 2_000_000
+    # Columns a tabular dataset's features one-hot encode to (FINETUNE_MAX_TABULAR_WIDTH):
+    # the MLP's first layer and every batch are this wide.
+    max_encoded_width: int = 10_000
 
 
 class IngestError(Exception):
@@ -67,6 +70,55 @@ def check_label(name: str, where: str) -> str:
             "bad_class_name", f"class name {show(name)} contains control characters ({where})"
         )
     return name
+
+
+class ClassNames:
+    """Class names as stored: checked, NFC-normalised ("café" typed on a Mac and on Linux
+    is one class), and refused when two different spellings normalise to one name."""
+
+    def __init__(self) -> None:
+        self._spelling: dict[str, str] = {}
+
+    def add(self, raw: str, where: str) -> str:
+        name = raw if unicodedata.is_normalized("NFC", raw) else unicodedata.normalize("NFC", raw)
+        first = self._spelling.get(name)
+        if first is None:
+            self._spelling[name] = raw
+            return check_label(name, where)
+        if first != raw:
+            raise IngestError(
+                "class_name_collision",
+                f"class names {ascii(first)} and {ascii(raw)} are the same name {show(name)} "
+                f"in different Unicode forms ({where}); use one spelling",
+            )
+        return name
+
+
+def check_trainable(
+    per_split: dict[str, dict[str, int]], *, need_train: int, generated: bool
+) -> None:
+    """After the split: every class keeps `need_train` training samples (one to train on,
+    one the engine sets aside for validation when there is no val split), and the test
+    split is not empty. Refused at upload, with counts, rather than by the job later."""
+    short = sorted(c for c, n in per_split["train"].items() if n < need_train)
+    if short:
+        named = ", ".join(f"{show(c)} ({per_split['train'][c]})" for c in short[:5])
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        held = " after the held-out test split" if generated else ""
+        raise IngestError(
+            "too_few_samples",
+            f"every class needs at least {need_train} training samples{held} "
+            f"(one to train on, one to validate); {len(short)} of "
+            f"{len(per_split['train'])} classes have fewer: {named}{more}",
+        )
+    if not any(per_split["test"].values()):
+        need = need_train + 1
+        raise IngestError(
+            "too_few_samples",
+            f"no class has enough samples to hold any out for testing: a class needs at "
+            f"least {need} samples to give one to the test split and keep {need_train} "
+            "to train on",
+        )
 
 
 def check_fraction(test_fraction: float) -> None:

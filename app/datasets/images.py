@@ -23,11 +23,12 @@ from PIL import Image
 from app.datasets.archive import Member, iter_members, sniff_format
 from app.datasets.common import (
     MANIFEST_VERSION,
+    ClassNames,
     IngestError,
     Limits,
     check_classes,
     check_fraction,
-    check_label,
+    check_trainable,
     show,
     staging,
     write_manifest,
@@ -124,6 +125,7 @@ def assign_layout(paths: list[tuple[str, ...]]) -> list[tuple[str | None, str]]:
             f"found split folders {sorted(tops)} but no train/ folder",
         )
     out: list[tuple[str | None, str]] = []
+    names = ClassNames()
     for p in paths:
         split = SPLIT_FOLDERS[p[0].lower()] if use_splits else None
         rest = p[1:] if use_splits else p
@@ -133,7 +135,7 @@ def assign_layout(paths: list[tuple[str, ...]]) -> list[tuple[str | None, str]]:
                 f"image {show('/'.join(p))} is not inside a class folder; "
                 f"expected <class>/<image> or train/<class>/<image>",
             )
-        out.append((split, check_label(rest[0], f"folder of {show('/'.join(p))}")))
+        out.append((split, names.add(rest[0], f"folder of {show('/'.join(p))}")))
     if use_splits:
         trained = {c for s, c in out if s == "train"}
         missing = sorted({c for _, c in out} - trained)
@@ -181,6 +183,7 @@ def ingest_image_archive(
         labels = [index[c] for _, c in layout]
         splits = [s or "train" for s, _ in layout]
         split_source = "archive" if "test" in splits else "generated"
+        need_train = 1 if "val" in splits else 2  # else the engine carves val out of train
         if split_source == "generated":
             # Draw from train in a canonical order (by class, then member name), so the
             # split does not depend on the order the archiver wrote members in.
@@ -188,10 +191,13 @@ def ingest_image_archive(
                 (i for i, s in enumerate(splits) if s == "train"),
                 key=lambda i: (labels[i], kept[i][1]),
             )
-            picked = stratified_test([labels[i] for i in pool], test_fraction, seed)
+            picked = stratified_test(
+                [labels[i] for i in pool], test_fraction, seed, keep=need_train
+            )
             for j in picked:
                 splits[pool[j]] = "test"
         totals, per_split = split_summary(splits, labels, classes)
+        check_trainable(per_split, need_train=need_train, generated=split_source == "generated")
         manifest = {
             "format_version": MANIFEST_VERSION,
             "task": TASK,

@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
 
 from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
 from app.core.pagination import page_body
@@ -16,6 +16,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=Route)
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetOut)
 def create_dataset(
     owner: CurrentOwner,
+    response: Response,
     session: SessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="ZIP/tar of class folders, or a CSV")],
@@ -23,8 +24,9 @@ def create_dataset(
     task: Annotated[Task | None, Form()] = None,
     label_column: Annotated[str, Form(min_length=1, max_length=200), NoNul] = "label",
     text_column: Annotated[str, Form(min_length=1, max_length=200), NoNul] = "text",
+    idempotency_key: Annotated[str | None, Header(max_length=200), NoNul] = None,
 ):
-    return service.create(
+    dataset, created = service.create(
         session=session,
         owner=owner,
         storage=LocalStorage(settings),
@@ -34,7 +36,11 @@ def create_dataset(
         task=task,
         label_column=label_column,
         text_column=text_column,
+        idempotency_key=idempotency_key,
     )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return dataset
 
 
 @router.get("", response_model=Page[DatasetOut])

@@ -1,15 +1,18 @@
 """Datasets: an upload is streamed to disk, validated and ingested, then recorded."""
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
 from app.core.db import begin_write, new_id
-from app.core.errors import ApiError, Conflict, Invalid, NotFound
+from app.core.errors import DISK_FULL_MESSAGE, ApiError, Conflict, Invalid, NotFound, is_disk_full
 from app.core.pagination import fetch_page
 from app.datasets.ingest import (
     IngestError,
@@ -58,15 +61,28 @@ def create(
     label_column: str,
     text_column: str,
     limits: Limits | None = None,
-) -> Dataset:
-    """Ingest an uploaded archive or CSV into a new dataset; nothing is left behind on error."""
+    idempotency_key: str | None = None,
+) -> tuple[Dataset, bool]:
+    """Ingest an uploaded archive or CSV into a new dataset; nothing is left behind on error.
+
+    Returns (dataset, created). With an `idempotency_key` already used by this owner for
+    the same bytes and form fields, that dataset is returned (created False); with other
+    bytes, a 409.
+    """
+    digest = hashlib.sha256(json.dumps([name, task, label_column, text_column]).encode())
+    if idempotency_key:
+        existing = _by_idempotency_key(session, owner, idempotency_key)
+        if existing is not None:
+            while chunk := upload.read(1024 * 1024):
+                digest.update(chunk)
+            return _replay(existing, digest.hexdigest(), idempotency_key), False
     dataset_id = new_id("ds")
     scratch = storage.scratch_path()
     final = storage.dataset_dir(dataset_id)
     partial = final.with_name(final.name + ".partial")
-    limits = limits or Limits()
+    limits = limits or Limits(max_encoded_width=storage.settings.max_tabular_width)
     try:
-        size = copy_bounded(upload, scratch, storage.settings.max_upload_bytes)
+        size = copy_bounded(upload, scratch, storage.settings.max_upload_bytes, digest=digest)
         if size == 0:
             raise Invalid("the uploaded file is empty", code="empty_upload")
         fmt = sniff_format(scratch)
@@ -84,6 +100,8 @@ def create(
             )
         partial.rename(final)
     except IngestError as exc:
+        if is_disk_full(exc):  # a write of the ingested files failed, not the archive
+            raise ApiError(DISK_FULL_MESSAGE, code="disk_full", status=507) from exc
         raise ApiError(exc.message, code=exc.code, status=exc.status) from exc
     finally:
         storage.remove(scratch)
@@ -91,7 +109,7 @@ def create(
 
     meta = {
         k: manifest[k]
-        for k in ("columns", "feature_types", "label_column", "text_column")
+        for k in ("columns", "feature_types", "label_column", "text_column", "encoded_width")
         if k in manifest
     }
     dataset = Dataset(
@@ -104,20 +122,57 @@ def create(
         class_counts=manifest["class_counts"],
         splits=manifest["splits"],
         meta=meta,
+        idempotency_key=idempotency_key,
+        request_hash=digest.hexdigest(),
     )
     begin_write(session)
     session.add(dataset)
     try:
         session.commit()
-    except Exception:
+    except Exception as exc:
         shutil.rmtree(final, ignore_errors=True)
+        session.rollback()
+        if isinstance(exc, IntegrityError) and idempotency_key:
+            # Two uploads with one Idempotency-Key raced; the other one won.
+            existing = _by_idempotency_key(session, owner, idempotency_key)
+            if existing is not None:
+                return _replay(existing, digest.hexdigest(), idempotency_key), False
         raise
+    return dataset, True
+
+
+def _by_idempotency_key(session: Session, owner: Owner, key: str) -> Dataset | None:
+    return session.scalars(
+        select(Dataset).where(Dataset.owner_id == owner.id, Dataset.idempotency_key == key)
+    ).first()
+
+
+def _replay(dataset: Dataset, request_hash: str, key: str) -> Dataset:
+    if dataset.request_hash != request_hash:
+        raise Conflict(
+            f"Idempotency-Key {key!r} was already used for a different upload",
+            code="idempotency_conflict",
+        )
     return dataset
 
 
-def get(*, session: Session, owner: Owner, dataset_id: str) -> Dataset:
-    """The owner's dataset, or 404 (another owner's ids look the same as unknown ones)."""
-    dataset = session.get(Dataset, dataset_id)
+def get(*, session: Session, owner: Owner, dataset_id: str, lock: str | None = None) -> Dataset:
+    """The owner's dataset, or 404 (another owner's ids look the same as unknown ones).
+
+    `lock="share"` (a job is being created on it) or `lock="update"` (it is being deleted)
+    takes its row lock on PostgreSQL until the transaction ends, so a job creation and a
+    delete serialize: one of the two loses (404, or 409 dataset_in_use). SQLite's write
+    transactions are serialized already.
+    """
+    if lock is None:
+        dataset = session.get(Dataset, dataset_id)
+    else:
+        dataset = session.scalars(
+            select(Dataset)
+            .where(Dataset.id == dataset_id)
+            .with_for_update(read=lock == "share")
+            .execution_options(populate_existing=True)
+        ).first()
     if dataset is None or dataset.owner_id != owner.id:
         raise NotFound(f"dataset {dataset_id!r} not found")
     return dataset
@@ -131,7 +186,7 @@ def list_(*, session: Session, owner: Owner, limit: int, offset: int) -> tuple[l
 def delete(*, session: Session, owner: Owner, storage: LocalStorage, dataset_id: str) -> None:
     """Delete a dataset that no queued or running job still needs."""
     begin_write(session)
-    dataset = get(session=session, owner=owner, dataset_id=dataset_id)
+    dataset = get(session=session, owner=owner, dataset_id=dataset_id, lock="update")
     busy = session.scalar(
         select(func.count())
         .select_from(Job)

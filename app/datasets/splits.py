@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from app.datasets.common import SPLITS
 
 
-def stratified_test(labels: Sequence[int], fraction: float, seed: int) -> set[int]:
+def stratified_test(labels: Sequence[int], fraction: float, seed: int, keep: int = 1) -> set[int]:
     """Pick the positions of a stratified test split: about `fraction` of every class.
 
-    A class with at least two samples always gives one to test and keeps one for training.
+    A class with more than `keep` samples always gives one to test and keeps at least
+    `keep` for training (a class with `keep` or fewer gives none).
     Each class draws from its own generator, so adding a class does not reshuffle the
     others; callers pass samples in a canonical order (not archive order) for the same
     reason.
@@ -25,9 +26,9 @@ def stratified_test(labels: Sequence[int], fraction: float, seed: int) -> set[in
     chosen: set[int] = set()
     for label, positions in sorted(by_class.items()):
         n = len(positions)
-        if n < 2:
+        if n <= keep:
             continue
-        n_test = min(max(int(n * fraction + 0.5), 1), n - 1)
+        n_test = min(max(int(n * fraction + 0.5), 1), n - keep)
         rng = random.Random(f"{seed}:{label}")
         chosen.update(rng.sample(positions, n_test))
     return chosen

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import csv
 import math
+import unicodedata
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +28,12 @@ from typing import Any
 from app.datasets.common import (
     MANIFEST_VERSION,
     SPLITS,
+    ClassNames,
     IngestError,
     Limits,
     check_classes,
     check_fraction,
-    check_label,
+    check_trainable,
     show,
     staging,
     write_manifest,
@@ -45,6 +47,9 @@ SPLIT_COLUMN = "split"
 MAX_LINE_BYTES = 1024 * 1024
 MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}
 MAX_CATEGORIES = 1000  # categories listed in the manifest per column; beyond, null
+# One-hot columns the engine gives a categorical feature at most (app.training.tabular's
+# MAX_CATEGORIES; this package stays free of torch, so it is repeated here).
+ONE_HOT_MAX = 64
 DELIMITERS = (",", ";", "\t", "|")
 
 
@@ -180,7 +185,8 @@ def ingest_csv(
         keep = sorted([*features, label_at])
 
     # Pass 1: validate every row; remember only labels, splits and column statistics.
-    label_ids: dict[str, int] = {}
+    label_ids: dict[str, int] = {}  # by the label's spelling in the file
+    label_names = ClassNames()
     labels = array("I")
     given_splits = array("B")
     numeric = dict.fromkeys(features, True)
@@ -194,7 +200,7 @@ def ingest_csv(
             raise IngestError("bad_csv", f"line {line}: the label is empty")
         if label not in label_ids:
             label_ids[label] = len(label_ids)
-            check_label(label, f"line {line}")
+            label_names.add(label, f"line {line}")
         labels.append(label_ids[label])
         if text_at is not None and not row[text_at].strip():
             raise IngestError("empty_text", f"line {line}: the text is empty")
@@ -219,6 +225,8 @@ def ingest_csv(
                 if len(seen) > MAX_CATEGORIES:
                     categories[i] = None
 
+    # Stored NFC-normalised (ClassNames refused two spellings of one name above).
+    label_ids = {unicodedata.normalize("NFC", k): v for k, v in label_ids.items()}
     classes = sorted(label_ids)
     counts = _counts(labels, label_ids)
     check_classes(counts, limits)
@@ -230,11 +238,30 @@ def ingest_csv(
 
     splits = [SPLITS[x] for x in given_splits] if split_at is not None else ["train"] * len(labels)
     split_source = "archive" if "test" in splits else "generated"
+    need_train = 1 if "val" in splits else 2  # else the engine carves val out of train
     if split_source == "generated":
         pool = [i for i, s in enumerate(splits) if s == "train"]
-        for j in stratified_test([labels[i] for i in pool], test_fraction, seed):
+        for j in stratified_test([labels[i] for i in pool], test_fraction, seed, keep=need_train):
             splits[pool[j]] = "test"
     totals, per_split = split_summary(splits, labels, classes)
+    check_trainable(per_split, need_train=need_train, generated=split_source == "generated")
+    encoded_width = 0
+    if not is_text:
+        kinds = {i: numeric[i] and missing[i] < len(labels) for i in features}
+        encoded_width = sum(
+            (1 + (missing[i] > 0))
+            if kinds[i]
+            else min(len(categories[i] or ()) or ONE_HOT_MAX, ONE_HOT_MAX)
+            for i in features
+        )
+        if encoded_width > limits.max_encoded_width:
+            n_cat = sum(1 for i in features if not kinds[i])
+            raise IngestError(
+                "too_wide",
+                f"the {len(features)} feature columns ({n_cat} categorical) one-hot encode to "
+                f"{encoded_width} columns, over the limit of {limits.max_encoded_width} "
+                "(FINETUNE_MAX_TABULAR_WIDTH); drop id-like or high-cardinality columns",
+            )
 
     columns = [names[i] for i in keep] + [SPLIT_COLUMN]
     with staging(dest_dir) as work:
@@ -248,6 +275,8 @@ def ingest_csv(
                 cells = []
                 for i in keep:
                     value = row[i] if i == text_at else row[i].strip()
+                    if i == label_at:
+                        value = unicodedata.normalize("NFC", value)
                     cells.append("" if i in missing and value.lower() in MISSING else value)
                 writer.writerow([*cells, splits[n]])
         manifest: dict[str, Any] = {
@@ -276,6 +305,7 @@ def ingest_csv(
                 for i in features
             }
             manifest["missing_counts"] = {names[i]: missing[i] for i in features}
+            manifest["encoded_width"] = encoded_width
             manifest["categories"] = {
                 names[i]: (sorted(categories[i]) if categories[i] is not None else None)  # type: ignore[arg-type]
                 for i in features

@@ -140,15 +140,23 @@ def finish(
     model: Model | None = None,
     metrics: dict | None = None,
     leaderboard: list | None = None,
-) -> bool:
-    """Move our running job to its end state (with its model, in the same transaction)."""
+) -> str | None:
+    """Move our running job to its end state (with its model, in the same transaction).
+
+    Returns the status recorded, or None if the job is not ours. A cancel accepted while
+    the job was running wins over whatever outcome came after it: the job ends
+    `cancelled`, with no model (the caller drops the artifact), so a 200 to a cancel is
+    never followed by a model or a failure.
+    """
     begin_write(session)
     job = session.execute(
         select(Job).where(Job.id == job_id).with_for_update()
     ).scalar_one_or_none()
     if job is None or job.status != "running" or job.lease_owner != worker:
         session.rollback()
-        return False
+        return None
+    if job.cancel_requested and status != "cancelled":
+        status, error, model, metrics, leaderboard = "cancelled", None, None, None, None
     now = utcnow()
     job.status, job.finished_at, job.error = status, now, error
     job.lease_owner = job.lease_expires_at = None
@@ -169,7 +177,7 @@ def finish(
         **({"model_id": model.id} if model else {}),
     )
     session.commit()
-    return True
+    return status
 
 
 def release(*, session: Session, job_id: str, worker: str) -> None:

@@ -29,8 +29,22 @@ def reconcile_once(*, grace_seconds: float = 5.0) -> list[str]:
     return stale
 
 
+def sweep_scratch(settings: Settings) -> list[str]:
+    """Job scratch dirs past their retention, or whose job is gone (service.sweep_job_scratch)."""
+    with get_sessionmaker()() as session:
+        swept = service.sweep_job_scratch(
+            session=session,
+            jobs_dir=settings.jobs_dir,
+            retention_seconds=settings.job_scratch_retention_seconds,
+        )
+    for job_id in swept:
+        log.info("removed the scratch dir of ended job %s", job_id)
+    return swept
+
+
 class Reconciler:
     def __init__(self, settings: Settings):
+        self.settings = settings
         self.every = settings.reconcile_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
@@ -43,8 +57,16 @@ class Reconciler:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        self._sweep()  # at start: what a crash left
         while not self._stop.wait(self.every):
             try:
                 reconcile_once()
             except Exception:  # database or broker away: try again next round
                 log.warning("reconcile failed", exc_info=True)
+            self._sweep()
+
+    def _sweep(self) -> None:
+        try:
+            sweep_scratch(self.settings)
+        except Exception:
+            log.warning("sweeping job scratch failed", exc_info=True)

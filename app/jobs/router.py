@@ -1,8 +1,10 @@
 import asyncio
 import json
 import logging
+import threading
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
@@ -96,23 +98,44 @@ def job_events(
     )
 
 
-async def _event_stream(*, owner_id: str, job_id: str, after: int):
-    """Server-sent events: everything after `after`, then new events until the job ends."""
+# Set when the server starts shutting down (`finetune serve` wires uvicorn's signal
+# handling to it): open streams end with a `shutdown` event instead of holding graceful
+# shutdown for as long as their job runs, and the client reconnects with Last-Event-ID.
+STREAMS_CLOSING = threading.Event()
+POLL_SECONDS = 0.5
+
+
+def _poll_events(owner_id: str, job_id: str, after: int) -> tuple[list[dict], bool]:
+    """One poll in a worker thread (blocking database calls stay off the event loop)."""
     from app.auth.models import Owner
     from app.jobs.models import Job
 
+    with get_sessionmaker()() as session:
+        owner = session.get(Owner, owner_id)
+        rows = service.events(session=session, owner=owner, job_id=job_id, after=after, limit=500)
+        finished = session.get(Job, job_id).status in service.TERMINAL
+        payloads = [JobEventOut.model_validate(ev).model_dump(mode="json") for ev in rows]
+    return payloads, finished
+
+
+async def _event_stream(*, owner_id: str, job_id: str, after: int):
+    """Server-sent events: everything after `after`, then new events until the job ends."""
     last = after
     while True:
-        with get_sessionmaker()() as session:
-            owner = session.get(Owner, owner_id)
-            rows = service.events(
-                session=session, owner=owner, job_id=job_id, after=last, limit=500
-            )
-            finished = session.get(Job, job_id).status in service.TERMINAL
-        for ev in rows:
-            last = ev.id
-            payload = JobEventOut.model_validate(ev).model_dump(mode="json")
-            yield f"id: {ev.id}\nevent: {ev.type}\ndata: {json.dumps(payload)}\n\n"
+        if STREAMS_CLOSING.is_set():
+            note = {"reason": "the server is shutting down; reconnect with Last-Event-ID"}
+            yield f"retry: 1000\nevent: shutdown\ndata: {json.dumps(note)}\n\n"
+            return
+        try:
+            rows, finished = await anyio.to_thread.run_sync(_poll_events, owner_id, job_id, last)
+        except Exception as exc:  # the database is away: end, and let the client retry
+            log.warning("event stream for %s ended: %s", job_id, type(exc).__name__)
+            note = {"reason": "the database is unavailable; reconnect with Last-Event-ID"}
+            yield f"retry: 5000\nevent: unavailable\ndata: {json.dumps(note)}\n\n"
+            return
+        for payload in rows:
+            last = payload["id"]
+            yield f"id: {last}\nevent: {payload['type']}\ndata: {json.dumps(payload)}\n\n"
         if finished and not rows:
             return
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(POLL_SECONDS)

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import shutil
 from datetime import timedelta
 
 from sqlalchemy import or_, select, update
@@ -10,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
+from app.core.config import get_settings
 from app.core.db import begin_write, new_id, utcnow
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.pagination import fetch_page
@@ -18,6 +20,7 @@ from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import JobSpec
 from app.registry import base_models
 from app.registry.models import Model
+from app.training.tabular import HIDDEN
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,35 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
     return {"architecture": spec.base_model}
 
 
+def mlp_params(width: int, classes: int) -> int:
+    """Parameters of the tabular MLP for `width` encoded inputs and `classes` outputs."""
+    sizes = [width, *HIDDEN, classes]
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
+
+
+def _check_model_size(*, dataset, base: dict) -> None:
+    """A tabular MLP is as wide as its dataset's one-hot encoding: refuse one over the
+    configured width or parameter limits before it takes a worker's memory (a model made
+    here, `model:<id>`, keeps its parent's preprocessing and size)."""
+    width = (dataset.meta or {}).get("encoded_width")
+    if base.get("architecture") != "mlp" or "parent_model_id" in base or width is None:
+        return
+    settings = get_settings()
+    if width > settings.max_tabular_width:
+        raise Invalid(
+            f"dataset {dataset.id!r} one-hot encodes to {width} columns, over the limit of "
+            f"{settings.max_tabular_width} (FINETUNE_MAX_TABULAR_WIDTH)",
+            code="too_wide",
+        )
+    params = mlp_params(width, len(dataset.classes))
+    if params > settings.max_model_params:
+        raise Invalid(
+            f"the model would have {params} parameters, over the limit of "
+            f"{settings.max_model_params} (FINETUNE_MAX_MODEL_PARAMS)",
+            code="model_too_large",
+        )
+
+
 def create(
     *, session: Session, owner: Owner, spec: JobSpec, idempotency_key: str | None
 ) -> tuple[Job, bool]:
@@ -79,8 +111,10 @@ def create(
         existing = _by_idempotency_key(session, owner, idempotency_key)
         if existing is not None:
             return _replay(existing, request_hash, idempotency_key), False
-    dataset = datasets.get(session=session, owner=owner, dataset_id=spec.dataset_id)
-    _check_base_model(session=session, owner=owner, spec=spec, task=dataset.task)
+    # Row-locked until commit: a delete of the dataset waits, then sees this job.
+    dataset = datasets.get(session=session, owner=owner, dataset_id=spec.dataset_id, lock="share")
+    base = _check_base_model(session=session, owner=owner, spec=spec, task=dataset.task)
+    _check_model_size(dataset=dataset, base=base)
     job = Job(
         id=new_id("job"),
         owner_id=owner.id,
@@ -227,3 +261,30 @@ def stale_jobs(
         .limit(100)
     )
     return list(rows)
+
+
+def sweep_job_scratch(*, session: Session, jobs_dir, retention_seconds: float) -> list[str]:
+    """Remove the scratch dirs (checkpoints) of jobs that ended over `retention_seconds`
+    ago, and of jobs that no longer exist: what a crashed worker or a retention left.
+    Returns the job ids swept."""
+    try:
+        names = [p.name for p in jobs_dir.iterdir() if p.is_dir()]
+    except FileNotFoundError:
+        return []
+    if not names:
+        return []
+    cutoff = utcnow() - timedelta(seconds=retention_seconds)
+    rows = {}
+    for i in range(0, len(names), 500):
+        query = select(Job.id, Job.status, Job.finished_at).where(Job.id.in_(names[i : i + 500]))
+        rows.update((r.id, r) for r in session.execute(query))
+    session.rollback()  # end the read transaction; nothing below needs the database
+    swept = []
+    for name in names:
+        row = rows.get(name)
+        if row is None or (
+            row.status in TERMINAL and (row.finished_at is None or row.finished_at <= cutoff)
+        ):
+            shutil.rmtree(jobs_dir / name, ignore_errors=True)
+            swept.append(name)
+    return swept

@@ -16,8 +16,9 @@ from app.core.errors import ApiError
 CHUNK = 1024 * 1024
 
 
-def copy_bounded(src: BinaryIO, dest: Path, max_bytes: int) -> int:
-    """Copy an upload to disk in chunks, refusing it (413) once it passes `max_bytes`."""
+def copy_bounded(src: BinaryIO, dest: Path, max_bytes: int, digest=None) -> int:
+    """Copy an upload to disk in chunks, refusing it (413) once it passes `max_bytes`
+    (feeding each chunk to `digest`, a hashlib object, when given)."""
     written = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     with dest.open("wb") as out:
@@ -30,6 +31,8 @@ def copy_bounded(src: BinaryIO, dest: Path, max_bytes: int) -> int:
                     status=413,
                 )
             out.write(chunk)
+            if digest is not None:
+                digest.update(chunk)
     return written
 
 

@@ -157,7 +157,8 @@ def test_stored_extension_follows_content_not_name(digits, tmp_path):
     jpeg = io.BytesIO()
     Image.new("RGB", (16, 16), "red").save(jpeg, format="JPEG")
     entries = [("a/x.png", jpeg.getvalue()), ("a/y.png", jpeg.getvalue())]
-    entries += [("b/z.dat", digits["0"][0]), ("b/w", digits["0"][1])]
+    entries += [("a/v.png", jpeg.getvalue())]  # three a class: one is held out as test
+    entries += [("b/z.dat", digits["0"][0]), ("b/w", digits["0"][1]), ("b/u", digits["0"][2])]
     manifest = ingest(write_zip(tmp_path / "m.zip", entries), tmp_path / "o")
     paths = {s["source"]: s["path"] for s in manifest["samples"]}
     assert paths["a/x.png"].endswith(".jpg") and paths["b/w"].endswith(".png")
@@ -651,7 +652,7 @@ def test_save_upload_removes_partial_file_when_the_client_goes_away(tmp_path):
 
 def test_csv_windows_line_ends(tmp_path):
     src = tmp_path / "w.csv"
-    src.write_bytes(b'text,label\r\n"multi\r\nline",a\r\nhi,a\r\nho,b\r\nyo,b\r\n')
+    src.write_bytes(b'text,label\r\n"multi\r\nline",a\r\nhi,a\r\nhey,a\r\nho,b\r\nyo,b\r\nya,b\r\n')
     m = ingest_csv(csv_path=src, dest_dir=tmp_path / "o", task="text_classification")
-    assert m["class_counts"] == {"a": 2, "b": 2}
+    assert m["class_counts"] == {"a": 3, "b": 3}
     assert read_data(tmp_path / "o")[0]["text"] == "multi\r\nline"  # text is kept verbatim
