@@ -19,6 +19,8 @@ from app.jobs.router import router as jobs_router
 from app.predictions.service import ModelCache
 from app.registry.router import router as models_router
 from app.storage.local import LocalStorage
+from app.webhooks.delivery import Deliverer
+from app.webhooks.router import router as webhooks_router
 
 log = logging.getLogger("finetune")
 
@@ -55,9 +57,12 @@ async def lifespan(app: FastAPI):
     )
     reconciler = Reconciler(settings)
     reconciler.start()
+    deliverer = Deliverer(settings)
+    deliverer.start()
     try:
         yield
     finally:
+        deliverer.stop()
         reconciler.stop()
 
 
@@ -72,7 +77,8 @@ def create_app() -> FastAPI:
     )
     app.state.keys = KeyCache(ttl=settings.auth_cache_seconds)
     install_error_handlers(app)
-    for router in (health_router, datasets_router, jobs_router, models_router, admin_router):
+    for router in (health_router, datasets_router, jobs_router, models_router, admin_router,
+                   webhooks_router):
         app.include_router(router)
     # Multipart framing adds a little to the file itself.
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 1024 * 1024)
