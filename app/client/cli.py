@@ -103,7 +103,7 @@ class LiveProgress:
 
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             TextColumn("epoch {task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"),
             TextColumn("ETA {task.fields[eta]}"),

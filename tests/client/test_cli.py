@@ -1,0 +1,111 @@
+"""The `finetune` client commands as a subprocess against a live `finetune serve`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import TEST_KEY
+from tests.helpers import REPO, digit_images, free_port
+
+
+def finetune(*args: str, url: str, key: str | None = TEST_KEY, timeout: float = 300):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
+    cmd = [sys.executable, "-m", "app.cli", *args, "--url", url]
+    if key is not None:
+        cmd += ["--key", key]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def no_traceback(r: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+
+
+@pytest.mark.slow
+def test_train_a_folder_follow_json_then_predict(server, digits_folder, tmp_path):
+    r = finetune(
+        "train", str(digits_folder), "--base-model", "efficientnet_lite0",
+        "--epochs", "4", "--image-size", "32", "--learning-rate", "0.01",
+        "--name", "cli-digits", "--follow", "--json",
+        url=server,
+    )  # fmt: skip
+    no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    job = json.loads(r.stdout.strip().splitlines()[-1])
+    assert job["status"] == "succeeded" and job["model_id"].startswith("mdl_")
+    assert job["spec"]["epochs"] == 4 and job["spec"]["image_size"] == 32
+    # Not a TTY: one plain line per epoch (to stderr, since stdout is for the JSON).
+    epoch_lines = [line for line in r.stderr.splitlines() if line.startswith("epoch ")]
+    epochs_run = len([h for h in job["history"] if "val_accuracy" in h])
+    assert len(epoch_lines) == epochs_run >= 1
+    assert epoch_lines[0].startswith("epoch 1/4") and "train_loss" in epoch_lines[0]
+    assert f"model {job['model_id']}" in r.stderr and "test accuracy" in r.stderr
+    # The folder was zipped as it streamed, and the server saw every image in its class.
+    ds = json.loads(
+        finetune("datasets", "get", job["spec"]["dataset_id"], "--json", url=server).stdout
+    )
+    assert ds["name"] == "cli-digits" and ds["num_samples"] == 48
+    assert ds["class_counts"] == {"digit_0": 16, "digit_1": 16, "digit_2": 16}
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    paths = []
+    for i, (label, img) in enumerate(digit_images(per_class=2, size=32, classes=3, offset=40)):
+        paths.append(fresh / f"{i}_{label}.png")
+        img.save(paths[-1])
+    r = finetune("predict", job["model_id"], *map(str, paths), "--top-k", "2", "--json", url=server)
+    no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["model_id"] == job["model_id"] and len(out["predictions"]) == len(paths)
+    for p in out["predictions"]:
+        assert p["label"] in ds["classes"] and len(p["top_k"]) == 2
+
+    human = finetune("predict", job["model_id"], str(paths[0]), url=server)
+    assert human.returncode == 0 and human.stdout.startswith(f"{paths[0]}: digit_")
+    listed = finetune("models", "list", url=server)
+    assert listed.returncode == 0 and job["model_id"] in listed.stdout
+    exported = finetune(
+        "models", "export", job["model_id"], "-o", str(tmp_path / "m.st"), url=server
+    )
+    assert exported.returncode == 0 and (tmp_path / "m.st").stat().st_size > 1000
+
+
+def test_missing_path_is_a_usage_error(server, tmp_path):
+    r = finetune("train", str(tmp_path / "nope"), "--base-model", "efficientnet_lite0", url=server)
+    no_traceback(r)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: usage_error: {tmp_path / 'nope'}: no such file or folder"
+    )
+
+
+def test_wrong_key_is_an_auth_error_with_the_servers_code(server, digits_folder):
+    r = finetune("train", str(digits_folder), "--base-model", "x", url=server, key="ft_wrong")
+    no_traceback(r)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unauthorized: ") and last.endswith("(HTTP 401)")
+    r = finetune("jobs", "list", url=server, key=None)
+    assert r.returncode == 2 and "unauthorized" in r.stderr
+
+
+def test_server_down_is_a_connection_error(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
+    r = finetune("jobs", "list", url=url)
+    no_traceback(r)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith(f"error: connection_error: cannot reach {url}")
+
+
+def test_server_errors_and_usage(server):
+    r = finetune("jobs", "get", "job_doesnotexist", url=server)
+    no_traceback(r)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: not_found: job 'job_doesnotexist' not found (HTTP 404)"
+    r = finetune("predict", "mdl_x", url=server)  # no inputs at all
+    assert r.returncode == 2 and "usage_error" in r.stderr
+    r = finetune("jobs", "create", "--dataset-id", "ds_nope", "--base-model", "mlp", url=server)
+    assert r.returncode == 2 and "not_found" in r.stderr
