@@ -119,7 +119,9 @@ def _record(
 def deliver_due(settings: Settings, client: httpx.Client) -> int:
     """Claim and send every delivery that is due now; returns how many were attempted."""
     Session = get_sessionmaker()
-    hold_s = settings.webhook_timeout_seconds * 2 + 30
+    # Longer than one send can take (connect, write and read each have the timeout); a
+    # sender that died holding the claim delays that delivery by this much at most.
+    hold_s = settings.webhook_timeout_seconds * 3 + 5
     with Session() as session:
         due = list(
             session.scalars(

@@ -147,6 +147,7 @@ def record_job_event(session: Session, job_id: str, type_: str) -> None:
         "data": JobOut.model_validate(job).model_dump(mode="json"),
     }
     session.add(event)
+    session.flush()  # the event row before the deliveries that refer to it
     for endpoint in endpoints:
         session.add(
             WebhookDelivery(
