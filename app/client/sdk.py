@@ -158,7 +158,7 @@ def _multipart(
             yield (
                 f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
             ).encode()
-        quoted = filename.replace('"', "%22")
+        quoted = filename.replace('"', "%22").replace("\r", " ").replace("\n", " ")
         yield (
             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
             f'filename="{quoted}"\r\nContent-Type: {content_type}\r\n\r\n'

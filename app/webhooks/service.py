@@ -40,17 +40,17 @@ def resolve(url: str, *, allow_private: bool) -> tuple[str, int, list[str]]:
     """(host, port, the addresses to connect to); AddressRefused if any is not public
     (unless allow_private). A name resolving to one private address among public ones is
     refused too: the connection could go to any of them."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # a bad port, an unclosed [IPv6 bracket
+        raise AddressRefused(f"url: {url!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise AddressRefused(f"url: {url!r} is not an http(s) URL with a host")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise AddressRefused(f"url: {url!r} has an invalid port") from None
-    host = parts.hostname
-    try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (OSError, UnicodeError, ValueError) as exc:
         raise AddressRefused(f"url: cannot resolve {host!r}: {exc}") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not allow_private:

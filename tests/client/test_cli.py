@@ -2,8 +2,10 @@
 
 import json
 import os
+import pty
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,6 +19,27 @@ def finetune(*args: str, url: str, key: str | None = TEST_KEY, timeout: float = 
     if key is not None:
         cmd += ["--key", key]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def on_a_tty(*args: str, url: str, timeout: float = 120) -> tuple[int, str]:
+    """Run a client command with stdout and stderr on a pseudo-terminal; (rc, output)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
+    env.update(COLUMNS="160", TERM="xterm")
+    leader, follower = pty.openpty()
+    cmd = [sys.executable, "-m", "app.cli", *args, "--url", url, "--key", TEST_KEY]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks, end = [], time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return proc.wait(timeout=10), b"".join(chunks).decode(errors="replace")
 
 
 def no_traceback(r: subprocess.CompletedProcess) -> None:
@@ -62,6 +85,13 @@ def test_train_a_folder_follow_json_then_predict(server, digits_folder, tmp_path
     assert out["model_id"] == job["model_id"] and len(out["predictions"]) == len(paths)
     for p in out["predictions"]:
         assert p["label"] in ds["classes"] and len(p["top_k"]) == 2
+
+    # On a terminal the same events drive a rich progress bar (replayed: the job is done).
+    rc, screen = on_a_tty("jobs", "events", job["id"], "--follow", url=server)
+    assert rc == 0, screen
+    assert f"epoch {epochs_run}/4" in screen and "succeeded" in screen and "head only" in screen
+    assert "\x1b[" in screen  # drawn with terminal control sequences, not plain lines
+    assert not any(line.startswith("epoch 1/4  train_loss") for line in screen.splitlines())
 
     human = finetune("predict", job["model_id"], str(paths[0]), url=server)
     assert human.returncode == 0 and human.stdout.startswith(f"{paths[0]}: digit_")
@@ -109,3 +139,17 @@ def test_server_errors_and_usage(server):
     assert r.returncode == 2 and "usage_error" in r.stderr
     r = finetune("jobs", "create", "--dataset-id", "ds_nope", "--base-model", "mlp", url=server)
     assert r.returncode == 2 and "not_found" in r.stderr
+
+
+def test_a_cancelled_job_exits_1(server, digits_folder):
+    from app.client import Client
+
+    client = Client(server, TEST_KEY)
+    ds = client.datasets.upload(digits_folder)
+    job = client.jobs.create(dataset_id=ds.id, base_model="efficientnet_lite0", epochs=200)
+    client.jobs.cancel(job.id)
+    r = finetune("jobs", "events", job.id, "--follow", "--json", url=server, timeout=120)
+    no_traceback(r)
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "cancelled"
+    assert f"error: job {job.id} cancelled" in r.stderr
