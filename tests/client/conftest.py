@@ -8,7 +8,8 @@ from tests.helpers import digit_images, embedded_service
 def server(tmp_path_factory):
     """One live `finetune serve` (SQLite, embedded worker) for the module: its base URL."""
     tmp = tmp_path_factory.mktemp("server")
-    with embedded_service(tmp, TEST_KEY) as client:
+    # Webhooks to the tests' loopback receivers are allowed on this server.
+    with embedded_service(tmp, TEST_KEY, FINETUNE_WEBHOOK_ALLOW_PRIVATE="true") as client:
         yield str(client.base_url).rstrip("/")
 
 

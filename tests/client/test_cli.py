@@ -3,6 +3,7 @@
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import time
@@ -141,13 +142,34 @@ def test_server_errors_and_usage(server):
     assert r.returncode == 2 and "not_found" in r.stderr
 
 
-def test_a_cancelled_job_exits_1(server, digits_folder):
+@pytest.mark.slow
+def test_ctrl_c_detaches_and_a_cancelled_job_exits_1(server, digits_folder):
     from app.client import Client
 
     client = Client(server, TEST_KEY)
     ds = client.datasets.upload(digits_folder)
-    job = client.jobs.create(dataset_id=ds.id, base_model="efficientnet_lite0", epochs=200)
-    client.jobs.cancel(job.id)
+    job = client.jobs.create(
+        dataset_id=ds.id, base_model="efficientnet_lite0", epochs=300, image_size=32,
+        early_stopping_patience=None,
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "jobs", "events", job.id, "--follow",
+         "--url", server, "--key", TEST_KEY],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in follower.stdout:  # wait until it is following a running job
+        if line.startswith("epoch "):
+            break
+    follower.send_signal(signal.SIGINT)
+    out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 130, err
+    assert f"detached; job {job.id} keeps running" in out
+    assert f"finetune jobs events {job.id} --follow" in out
+    assert "Traceback" not in err
+    assert client.jobs.get(job.id).status == "running"
+
+    assert finetune("jobs", "cancel", job.id, url=server).returncode == 0
     r = finetune("jobs", "events", job.id, "--follow", "--json", url=server, timeout=120)
     no_traceback(r)
     assert r.returncode == 1, r.stderr

@@ -1,19 +1,23 @@
 """The used-by path through the Python SDK, against a live `finetune serve`."""
 
 import io
+import json
 import zipfile
 
 import pytest
 
 from app.client import ApiError, Client
-from app.client.sdk import zip_stream
+from app.client.sdk import verify, zip_stream
 from tests.conftest import TEST_KEY
 from tests.helpers import digit_images
+from tests.webhooks.test_webhooks import Receiver
 
 
 @pytest.mark.slow
 def test_used_by_path(server, digits_folder, tmp_path):
     client = Client(server, TEST_KEY)
+    receiver = Receiver()
+    hook = client.webhooks.create(receiver.url, events=["job.succeeded", "job.epoch"])
     ds = client.datasets.upload(digits_folder, name="sdk-digits")
     assert ds.num_samples == 48 and ds.classes == ["digit_0", "digit_1", "digit_2"]
     job = client.jobs.create(
@@ -41,6 +45,17 @@ def test_used_by_path(server, digits_folder, tmp_path):
 
     done = client.jobs.wait(job.id)
     assert done.status == "succeeded" and done.model_id
+    # The worker wrote the events to the outbox with each transition; the API sent them.
+    received = receiver.wait_for(len(epochs) + 1)
+    for headers, body in received:
+        verify(hook.secret, headers, body)
+    bodies = [json.loads(body) for _, body in received]
+    assert [b["type"] for b in bodies] == ["job.epoch"] * len(epochs) + ["job.succeeded"]
+    assert [b["data"]["progress"]["epoch"] for b in bodies[:-1]] == epochs
+    assert bodies[-1]["data"] == done.model_dump(mode="json")
+    receiver.close()
+    assert {d.status for d in client.webhooks.deliveries(hook.id).items} == {"succeeded"}
+
     model = client.models.get(done.model_id)
     assert model.classes == ds.classes and "accuracy" in model.metrics
     img = tmp_path / "x.png"
