@@ -496,6 +496,17 @@ class Client:
     def health(self) -> dict:
         return self._request("GET", "/healthz").json()
 
+    def ready(self) -> dict:
+        """/readyz: {"status", "checks": {database, broker}}; a 503 is an answer here."""
+        try:
+            return self._http.get("/readyz").json()
+        except httpx.TransportError as exc:
+            raise ApiError(0, "connection_error", f"cannot reach {self.url}: {exc}") from None
+
+    def metrics(self) -> str:
+        """/metrics in the Prometheus text format."""
+        return self._request("GET", "/metrics").text
+
     def close(self) -> None:
         self._http.close()
 

@@ -65,6 +65,10 @@ def test_used_by_path(server, digits_folder, tmp_path):
     assert model.id in [m.id for m in client.models.list().items]
     assert job.id in [j.id for j in client.jobs.list(status="succeeded").items]
     assert any(b.name == "efficientnet_lite0" for b in client.base_models.list())
+    assert "Confusion matrix" in client.models.report(model.id)
+    assert client.health() == {"status": "ok"}
+    assert client.ready()["checks"]["database"] == "ok"
+    assert "# TYPE" in client.metrics()
 
     # Another owner's view: typed 404s, not the rows.
     other = Client(server, client.keys.create("sdk-stranger").key)
