@@ -77,8 +77,14 @@ def create_app() -> FastAPI:
     )
     app.state.keys = KeyCache(ttl=settings.auth_cache_seconds)
     install_error_handlers(app)
-    for router in (health_router, datasets_router, jobs_router, models_router, admin_router,
-                   webhooks_router):
+    for router in (
+        health_router,
+        datasets_router,
+        jobs_router,
+        models_router,
+        admin_router,
+        webhooks_router,
+    ):
         app.include_router(router)
     # Multipart framing adds a little to the file itself.
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 1024 * 1024)

@@ -7,5 +7,5 @@ from app.jobs.models import Job, JobEvent
 from app.registry.models import Model, UploadedBaseModel
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
-__all__ = ["ApiKey", "Base", "Dataset", "Job", "JobEvent", "Model", "Owner", "UploadedBaseModel",
-           "WebhookDelivery", "WebhookEndpoint", "WebhookEvent"]
+__all__ = ["ApiKey", "Base", "Dataset", "Job", "JobEvent", "Model", "Owner", "UploadedBaseModel"]
+__all__ += ["WebhookDelivery", "WebhookEndpoint", "WebhookEvent"]
