@@ -63,13 +63,15 @@ def _send(client: httpx.Client, endpoint: WebhookEndpoint, event: WebhookEvent, 
     error = None
     for address in addresses:
         try:
-            r = client.post(
+            # Streamed and closed unread: only the status counts, whatever the body's size.
+            with client.stream(
+                "POST",
                 url.copy_with(host=address.split("%")[0]),
                 content=body,
                 headers=headers,
                 extensions={"sni_hostname": host} if url.scheme == "https" else {},
-            )
-            return r.status_code, None, False
+            ) as r:
+                return r.status_code, None, False
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
     return None, error, False
@@ -139,10 +141,12 @@ def deliver_due(settings: Settings, client: httpx.Client) -> int:
             if not _claim(session, delivery_id, hold_s):
                 continue  # another sender has it
             row = session.get(WebhookDelivery, delivery_id)
-            endpoint = session.get(WebhookEndpoint, row.endpoint_id)
-            event = session.get(WebhookEvent, row.event_id)
-            attempt = row.attempts + 1
+            endpoint = row and session.get(WebhookEndpoint, row.endpoint_id)
+            event = row and session.get(WebhookEvent, row.event_id)
+            attempt = row.attempts + 1 if row else 0
             session.commit()
+        if endpoint is None or event is None:
+            continue  # the endpoint was deleted meanwhile
         start = time.monotonic()
         code, error, refused = _send(client, endpoint, event, settings)
         with Session() as session:
