@@ -175,3 +175,30 @@ def test_ctrl_c_detaches_and_a_cancelled_job_exits_1(server, digits_folder):
     assert r.returncode == 1, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "cancelled"
     assert f"error: job {job.id} cancelled" in r.stderr
+
+
+@pytest.mark.slow
+def test_train_a_csv_then_predict_its_rows(server, tmp_path):
+    rows = ["x,color,label"] + [
+        f"{i / 10:.1f},{'red' if i % 3 else 'blue'},{'high' if i >= 30 else 'low'}"
+        for i in range(60)
+    ]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    r = finetune(
+        "train", str(tmp_path / "train.csv"), "--task", "tabular_classification",
+        "--base-model", "mlp", "--strategy", "full", "--epochs", "5", "--follow", "--json",
+        url=server,
+    )  # fmt: skip
+    no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    job = json.loads(r.stdout.strip().splitlines()[-1])
+    assert job["status"] == "succeeded"
+    (tmp_path / "inputs.csv").write_text("x,color\n0.5,red\n5.5,\n")  # an empty cell: null
+    r = finetune("predict", job["model_id"], "--csv", str(tmp_path / "inputs.csv"), "--json",
+                 url=server)  # fmt: skip
+    no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    predictions = json.loads(r.stdout.strip().splitlines()[-1])["predictions"]
+    assert len(predictions) == 2 and {p["label"] for p in predictions} <= {"high", "low"}
+    r = finetune("predict", job["model_id"], "--text", "a string", url=server)
+    assert r.returncode == 2 and "error: " in r.stderr and "(HTTP 4" in r.stderr
