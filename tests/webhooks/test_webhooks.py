@@ -202,7 +202,12 @@ def test_unsubscribed_events_and_owners(service, receiver):
 
 
 @pytest.mark.slow
-def test_a_delivery_survives_an_api_restart(tmp_path, receiver):
+def test_an_api_restart_loses_no_delivery_and_no_event(tmp_path, receiver):
+    """SIGKILL the API between a 500 and its retry: the retry comes from the restarted
+    API. Meanwhile an SDK follower of another job sees its stream drop, reopens it with
+    Last-Event-ID, and ends at that job's final status with each event once."""
+    from app.client import Client
+
     # The retry comes 3 s after the 500: time enough to kill the API in between.
     service = Service(
         tmp_path, FINETUNE_WEBHOOK_BACKOFF_SECONDS="3", FINETUNE_WEBHOOK_TIMEOUT_SECONDS="1"
@@ -211,20 +216,53 @@ def test_a_delivery_survives_an_api_restart(tmp_path, receiver):
     try:
         hook = service.client.post("/v1/webhooks", json={"url": receiver.url}).json()
         receiver.codes = [500]
-        service.cancelled_job()
+        first = service.cancelled_job()
+        followed = service.client.post(
+            "/v1/jobs", json={"dataset_id": service.dataset_id, "base_model": "efficientnet_lite0"}
+        ).json()
+        seen, done = [], threading.Event()
+
+        def follow():
+            for ev in Client(service.base, TEST_KEY).jobs.follow(followed["id"]):
+                seen.append(ev)
+            done.set()
+
+        threading.Thread(target=follow, daemon=True).start()
         receiver.wait_for(1)
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [e.data["status"] for e in seen] == ["queued"]
+
         service.kill()  # SIGKILL: nothing is flushed or handed over
         assert len(receiver.requests) == 1
+        time.sleep(1.0)
+        assert not done.is_set()
         service.start()  # same data dir, a new process
-        (h1, b1), (h2, b2) = receiver.wait_for(2, deadline_s=30)
+
+        def deliveries_of(job_id):
+            return [(h, b) for h, b in receiver.requests if json.loads(b)["data"]["id"] == job_id]
+
+        end = time.monotonic() + 30
+        while len(deliveries_of(first["id"])) < 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        (h1, b1), (h2, b2) = deliveries_of(first["id"])
         assert h1["webhook-id"] == h2["webhook-id"] and b1 == b2
         assert h2["webhook-signature"] == expected_signature(hook["secret"], h2, b2)
+
+        cancel = service.client.post(f"/v1/jobs/{followed['id']}/cancel").json()
+        assert cancel["status"] == "cancelled"
+        assert done.wait(30), "follow() did not end after the restart"
+        assert [e.data.get("status") for e in seen] == ["queued", "cancelled"]
+        assert len({e.id for e in seen}) == len(seen)
+
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            (d,) = service.client.get(f"/v1/webhooks/{hook['id']}/deliveries").json()["items"]
-            if d["status"] == "succeeded":
+            rows = service.client.get(f"/v1/webhooks/{hook['id']}/deliveries").json()["items"]
+            if len(rows) == 2 and all(d["status"] == "succeeded" for d in rows):
                 break
             time.sleep(0.1)
+        (d,) = [d for d in rows if d["event_id"] == json.loads(b1)["id"]]
         assert d["status"] == "succeeded"
         # [200] alone when the kill came after the 500 but before the API recorded it:
         # the claim ran out and the message went again (at least once, never lost).
