@@ -33,7 +33,8 @@ def _why_refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | Non
     for attr in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified"):
         if getattr(ip, f"is_{attr}"):
             return attr.replace("_", "-")
-    return None
+    # The rest of what is not globally routable: shared (CGNAT), documentation, ...
+    return None if ip.is_global else "non-global"
 
 
 def resolve(url: str, *, allow_private: bool) -> tuple[str, int, list[str]]:

@@ -25,6 +25,7 @@ def receiver():
         "http://[::1]:8000/hook",
         "http://[::ffff:127.0.0.1]/hook",
         "http://0.0.0.0/hook",
+        "http://100.64.0.1/hook",
     ],
 )
 def test_private_targets_are_refused_at_registration(api, url):
