@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     fetch = weights_sub.add_parser("fetch", help="download torchvision weights (needs network)")
     fetch.add_argument("name")
     weights.set_defaults(func=_weights)
+    from app.client.cli import add_commands  # train, predict, datasets, jobs, models, webhooks
+
+    add_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

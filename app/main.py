@@ -20,6 +20,8 @@ from app.predictions.service import ModelCache
 from app.registry.router import router as models_router
 from app.storage.local import LocalStorage
 from app.web import router as web
+from app.webhooks.delivery import Deliverer
+from app.webhooks.router import router as webhooks_router
 
 log = logging.getLogger("finetune")
 
@@ -56,9 +58,12 @@ async def lifespan(app: FastAPI):
     )
     reconciler = Reconciler(settings)
     reconciler.start()
+    deliverer = Deliverer(settings)
+    deliverer.start()
     try:
         yield
     finally:
+        deliverer.stop()
         reconciler.stop()
 
 
@@ -73,7 +78,14 @@ def create_app() -> FastAPI:
     )
     app.state.keys = KeyCache(ttl=settings.auth_cache_seconds)
     install_error_handlers(app)
-    for router in (health_router, datasets_router, jobs_router, models_router, admin_router):
+    for router in (
+        health_router,
+        datasets_router,
+        jobs_router,
+        models_router,
+        admin_router,
+        webhooks_router,
+    ):
         app.include_router(router)
     web.install(app)  # the dashboard at / (a client of the routes above)
     # Multipart framing adds a little to the file itself.

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     # A key that authenticated is trusted this long without a database read; a key
     # revoked by the CLI or another API process stops working within it (0: read always).
     auth_cache_seconds: float = 5.0
+    # Webhooks: the service calls only public addresses unless this is true (tests, a LAN).
+    webhook_allow_private: bool = False
+    webhook_max_attempts: int = 8
+    webhook_backoff_seconds: float = 10.0  # before the first retry; doubles each time
+    webhook_backoff_max_seconds: float = 3600.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_poll_seconds: float = 1.0
     torch_threads: int = 0  # 0: leave torch's default
     log_level: str = "INFO"
 

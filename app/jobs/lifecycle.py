@@ -14,6 +14,7 @@ from app.core.db import begin_write, utcnow
 from app.jobs.models import Job, JobEvent
 from app.jobs.service import add_event
 from app.registry.models import Model
+from app.webhooks.service import record_job_event, record_job_transition
 
 
 @dataclass
@@ -43,6 +44,7 @@ def claim(
     if job.cancel_requested:
         job.status, job.finished_at = "cancelled", now
         add_event(session, job.id, "status", status="cancelled")
+        record_job_transition(session, job.id, "cancelled")
         session.commit()
         return None
     # Every earlier run was either handed back at shutdown (a "released" event) or lost;
@@ -61,6 +63,7 @@ def claim(
         }
         job.lease_owner = job.lease_expires_at = None
         add_event(session, job.id, "status", status="failed", error=job.error)
+        record_job_transition(session, job.id, "failed")
         session.commit()
         return None
     job.status = "running"
@@ -126,6 +129,7 @@ def record_epoch(*, session: Session, job_id: str, worker: str, report: dict) ->
     job.history = history + [report]
     job.metrics = {k: report[k] for k in ("train_loss", "val_loss", "val_accuracy") if k in report}
     add_event(session, job_id, "epoch", **report)
+    record_job_event(session, job_id, "job.epoch")
     session.commit()
     return True
 
@@ -176,6 +180,7 @@ def finish(
         **({"error": error} if error else {}),
         **({"model_id": model.id} if model else {}),
     )
+    record_job_transition(session, job_id, status)  # the webhook outbox, same transaction
     session.commit()
     return status
 

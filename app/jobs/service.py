@@ -21,6 +21,7 @@ from app.jobs.schemas import JobSpec
 from app.registry import base_models
 from app.registry.models import Model
 from app.training.tabular import HIDDEN
+from app.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ def cancel(*, session: Session, owner: Owner, job_id: str) -> Job:
     ).rowcount
     if done:
         add_event(session, job_id, "status", status="cancelled")
+        webhooks.record_job_transition(session, job_id, "cancelled")
     else:
         done = session.execute(
             update(Job)
