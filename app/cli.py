@@ -3,7 +3,6 @@
 import argparse
 import os
 import signal
-import socket
 import sys
 
 
@@ -31,9 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
     supervisor = None
     if settings.embedded_broker and not args.no_worker:
         # Embedded mode: the same Celery worker as in a cluster, as a child process that
-        # is restarted if it dies and that dies with us (see app.core.supervisor).
-        from app.core import health
-        from app.core.supervisor import WorkerSupervisor
+        # is restarted if it dies and that dies with us (see app.ops.supervisor).
+        from app.ops import health
+        from app.ops.supervisor import WorkerSupervisor
 
         supervisor = health.SUPERVISOR = WorkerSupervisor(worker_env, settings.workers_dir)
         supervisor.start()
@@ -85,43 +84,11 @@ def _server_class():
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from celery.signals import worker_ready, worker_shutdown
+    # The one arrow from app/ to worker/: the command that starts the consumer. Nothing
+    # else in app/ imports worker/ (tests/test_architecture.py).
+    from worker.main import run
 
-    from app.core.config import get_settings
-    from app.core.supervisor import Heartbeat, die_with_parent
-    from worker.celery_app import make_celery
-
-    die_with_parent()
-    settings = get_settings()
-    settings.ensure_dirs()
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
-    app = make_celery(settings)
-    import worker.tasks  # registers the task on the app
-
-    # A heartbeat file while the worker consumes: /readyz's sign of a live worker.
-    beat = Heartbeat(settings.workers_dir, worker.tasks.WORKER_ID, settings.heartbeat_seconds)
-    worker_ready.connect(lambda **_: beat.start(), weak=False)
-    worker_shutdown.connect(lambda **_: beat.stop(), weak=False)
-
-    # Solo pool: one job at a time in this process (one job per GPU per worker process);
-    # run N processes for N GPUs. Gossip/mingle/heartbeat are cluster chatter we don't use.
-    argv = [
-        "worker",
-        "--pool=solo",
-        "--concurrency=1",
-        f"--loglevel={settings.log_level}",
-        "-Q",
-        "finetune",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "-n",
-        f"finetune-{os.getpid()}@{socket.gethostname()}",
-    ]
-    app.worker_main(argv)
+    run()
     return 0
 
 

@@ -10,12 +10,12 @@ from app.auth.service import KeyCache, ensure_admin
 from app.core.config import get_settings
 from app.core.db import get_sessionmaker
 from app.core.errors import install_error_handlers
-from app.core.health import router as health_router
 from app.core.middleware import BodyLimit, HeaderLimit, Metrics, RefuseNulPath
 from app.core.schemas import ErrorResponse
 from app.datasets.router import router as datasets_router
 from app.jobs.reconciler import Reconciler
 from app.jobs.router import router as jobs_router
+from app.ops.health import router as health_router
 from app.predictions.service import ModelCache
 from app.registry.router import router as models_router
 from app.storage.local import LocalStorage

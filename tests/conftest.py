@@ -9,7 +9,7 @@ TEST_KEY = "ft_test_admin_key_0123456789abcdefghijklmnop"
 
 def _reset() -> None:
     from app.core.db import reset_caches
-    from worker.celery_app import get_celery
+    from app.jobs.queue import get_celery
 
     reset_caches()
     get_celery.cache_clear()

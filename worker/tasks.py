@@ -20,11 +20,11 @@ from app.core.db import get_sessionmaker, new_id
 from app.core.errors import DISK_FULL_MESSAGE, is_disk_full
 from app.jobs import lifecycle
 from app.jobs.models import Job
+from app.jobs.queue import RUN_JOB
 from app.registry.models import Model
 from app.storage.local import LocalStorage
 from app.training.api import train
 from app.training.errors import Cancelled, EngineError
-from worker.celery_app import RUN_JOB
 from worker.spec import init_config_for, init_state_for, job_task, train_config
 
 log = logging.getLogger("finetune.worker")

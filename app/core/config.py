@@ -71,7 +71,7 @@ class Settings(BaseSettings):
 
     @property
     def celery_broker_url(self) -> str:
-        # The embedded broker: kombu's filesystem transport, hardened (worker/fsbroker.py).
+        # The embedded broker: kombu's filesystem transport, hardened (app/jobs/fsbroker.py).
         return self.broker_url or "finetunefs://"
 
     @property
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
 
     @property
     def workers_dir(self) -> Path:
-        """Worker heartbeat files (see app.core.supervisor)."""
+        """Worker heartbeat files (see app.ops.supervisor)."""
         return self.data_dir / "workers"
 
     @property

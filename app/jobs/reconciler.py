@@ -6,7 +6,7 @@ import threading
 from app.core.config import Settings
 from app.core.db import get_sessionmaker
 from app.jobs import service
-from worker.celery_app import enqueue_job, queued_messages
+from app.jobs.queue import enqueue_job, queued_messages
 
 log = logging.getLogger("finetune.reconciler")
 

@@ -14,8 +14,8 @@ from app.core.pagination import page_body
 from app.core.routing import Route
 from app.core.schemas import Page
 from app.jobs import service
+from app.jobs.queue import enqueue_job
 from app.jobs.schemas import JobEventOut, JobOut, JobSpec
-from worker.celery_app import enqueue_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=Route)
 log = logging.getLogger(__name__)

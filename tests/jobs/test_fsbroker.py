@@ -8,7 +8,7 @@ import pytest
 from kombu import Connection
 from kombu.exceptions import ChannelError
 
-from worker import fsbroker
+from app.jobs import fsbroker
 
 # kombu keeps declared exchanges in class-level state: a queue name per test, so a second
 # connection in this process (to another folder) declares its own.

@@ -14,9 +14,9 @@ from app.core.db import get_engine, get_sessionmaker
 from app.core.deps import SettingsDep
 from app.core.errors import Unauthorized, error_body
 from app.core.routing import Route
-from app.core.supervisor import fresh_workers
 from app.jobs.models import Job
-from worker.celery_app import get_celery
+from app.jobs.queue import get_celery
+from app.ops.supervisor import fresh_workers
 
 router = APIRouter(tags=["health"], route_class=Route)
 

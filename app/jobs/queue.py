@@ -1,4 +1,6 @@
-"""The Celery app, and the reliability settings each job relies on.
+"""The Celery producer: the app, the reliability settings each job relies on, sending a
+job's message and reading the queue's length. The worker (worker/) consumes with the same
+app; the API and the reconciler only send.
 
 Embedded mode (no FINETUNE_BROKER_URL): kombu's filesystem transport under
 FINETUNE_DATA_DIR/broker, so a laptop needs no broker server. Distributed mode: Redis
@@ -15,7 +17,7 @@ from functools import lru_cache
 from celery import Celery
 
 from app.core.config import Settings, get_settings
-from worker import fsbroker  # noqa: F401  registers the embedded broker's transport
+from app.jobs import fsbroker  # noqa: F401  registers the embedded broker's transport
 
 RUN_JOB = "finetune.run_job"
 QUEUE = "finetune"
