@@ -5,7 +5,8 @@ from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 
 from app.auth import service
-from app.core.deps import AdminOwner, SessionDep
+from app.auth.deps import AdminOwner
+from app.core.deps import SessionDep
 from app.core.routing import Route
 from app.core.schemas import NoNul
 

@@ -2,7 +2,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
 
-from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
+from app.auth.deps import CurrentOwner
+from app.core.deps import Offset, SessionDep, SettingsDep
 from app.core.pagination import page_body
 from app.core.routing import Route
 from app.core.schemas import NoNul, Page

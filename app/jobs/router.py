@@ -8,8 +8,9 @@ import anyio
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
+from app.auth.deps import CurrentOwner
 from app.core.db import get_sessionmaker
-from app.core.deps import MAX_OFFSET, CurrentOwner, Offset, SessionDep
+from app.core.deps import MAX_OFFSET, Offset, SessionDep
 from app.core.pagination import page_body
 from app.core.routing import Route
 from app.core.schemas import Page

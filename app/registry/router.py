@@ -10,9 +10,10 @@ from fastapi.responses import FileResponse, HTMLResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from app.auth.deps import CurrentOwner
 from app.core.config import Settings
 from app.core.db import get_sessionmaker
-from app.core.deps import CurrentOwner, Offset, SessionDep, SettingsDep
+from app.core.deps import Offset, SessionDep, SettingsDep
 from app.core.errors import ApiError, Invalid, NotFound
 from app.core.pagination import page_body
 from app.core.routing import Route
