@@ -9,6 +9,7 @@ from app.core.routing import Route
 from app.core.schemas import NoNul, Page
 from app.datasets import service
 from app.datasets.schemas import DatasetOut, Task
+from app.jobs import service as jobs
 from app.storage.local import LocalStorage
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=Route)
@@ -65,5 +66,9 @@ def delete_dataset(
     dataset_id: str, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
 ) -> None:
     service.delete(
-        session=session, owner=owner, storage=LocalStorage(settings), dataset_id=dataset_id
+        session=session,
+        owner=owner,
+        storage=LocalStorage(settings),
+        dataset_id=dataset_id,
+        in_use=jobs.dataset_in_use,
     )

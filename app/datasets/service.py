@@ -3,10 +3,11 @@
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,7 +23,6 @@ from app.datasets.ingest import (
     sniff_format,
 )
 from app.datasets.models import Dataset
-from app.jobs.models import Job
 from app.storage.local import LocalStorage, copy_bounded
 
 ARCHIVE_FORMATS = {"zip", "tar"}
@@ -183,15 +183,20 @@ def list_(*, session: Session, owner: Owner, limit: int, offset: int) -> tuple[l
     return fetch_page(session=session, query=query, entity=Dataset, limit=limit, offset=offset)
 
 
-def delete(*, session: Session, owner: Owner, storage: LocalStorage, dataset_id: str) -> None:
-    """Delete a dataset that no queued or running job still needs."""
+def delete(
+    *,
+    session: Session,
+    owner: Owner,
+    storage: LocalStorage,
+    dataset_id: str,
+    in_use: Callable[[Session, str], int],
+) -> None:
+    """Delete a dataset that no queued or running job still needs. `in_use` counts those
+    jobs (jobs.service.dataset_in_use: jobs know datasets, not the other way round); it
+    runs under the dataset's row lock, which job creation shares."""
     begin_write(session)
     dataset = get(session=session, owner=owner, dataset_id=dataset_id, lock="update")
-    busy = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.dataset_id == dataset_id, Job.status.in_(("queued", "running")))
-    )
+    busy = in_use(session, dataset_id)
     if busy:
         raise Conflict(
             f"dataset {dataset_id!r} is used by {busy} queued or running job(s)",

@@ -6,7 +6,7 @@ import logging
 import shutil
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -166,6 +166,15 @@ def get(*, session: Session, owner: Owner, job_id: str) -> Job:
     if job is None or job.owner_id != owner.id:
         raise NotFound(f"job {job_id!r} not found")
     return job
+
+
+def dataset_in_use(session: Session, dataset_id: str) -> int:
+    """How many queued or running jobs still need the dataset (it is not deleted under them)."""
+    return session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.dataset_id == dataset_id, Job.status.in_(("queued", "running")))
+    )
 
 
 def list_(
