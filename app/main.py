@@ -9,9 +9,10 @@ from app.auth.router import router as admin_router
 from app.auth.service import KeyCache, ensure_admin
 from app.core.config import get_settings
 from app.core.db import get_sessionmaker
-from app.core.errors import install_error_handlers
+from app.core.errors import ErrorRule, install_error_handlers
 from app.core.middleware import BodyLimit, HeaderLimit, Metrics, RefuseNulPath
 from app.core.schemas import ErrorResponse
+from app.datasets.common import IngestError
 from app.datasets.router import router as datasets_router
 from app.jobs.reconciler import Reconciler
 from app.jobs.router import router as jobs_router
@@ -19,11 +20,21 @@ from app.ops.health import router as health_router
 from app.predictions.service import ModelCache
 from app.registry.router import router as models_router
 from app.storage.local import LocalStorage
+from app.training.errors import EngineError
 from app.web import router as web
 from app.webhooks.delivery import Deliverer
 from app.webhooks.router import router as webhooks_router
 
 log = logging.getLogger("finetune")
+
+# The errors raised below the routes, rendered by the one handler from their own code,
+# message and field (ApiError, the API's own, is always there).
+ERRORS = {
+    # The engine refused the request or its inputs (an unknown architecture, bad weights).
+    EngineError: ErrorRule(422),
+    # Ingestion refused the uploaded data: the `file` part of the upload, unless it says.
+    IngestError: ErrorRule(422, field="file"),
+}
 
 # An upload older than this in the scratch area was interrupted (its API was killed).
 SCRATCH_MAX_AGE_S = 6 * 3600
@@ -77,7 +88,7 @@ def create_app() -> FastAPI:
         responses={k: {"model": ErrorResponse} for k in (400, 401, 404, 409, 413, 422)},
     )
     app.state.keys = KeyCache(ttl=settings.auth_cache_seconds)
-    install_error_handlers(app)
+    install_error_handlers(app, ERRORS)
     for router in (
         health_router,
         datasets_router,

@@ -1,7 +1,15 @@
-"""Domain errors and their one JSON shape: {"error": {"code", "message"}}."""
+"""Errors and their one JSON shape: {"error": {"code", "message", "field"?}}.
+
+`ApiError` is the API's own error; errors raised below the routes (the engine's
+EngineError, ingestion's IngestError) carry the same `code`, `message` and, when there is
+one, `field`, and are mapped in the one table passed to `install_error_handlers` (see
+app.main). No route or service translates one error into another by hand.
+"""
 
 import errno
 import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,9 +27,17 @@ class ApiError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        field: str | None = None,
+        status: int | None = None,
+    ):
         super().__init__(message)
         self.message = message
+        self.field = field  # the request field at fault, when there is one
         if code:
             self.code = code
         if status:
@@ -36,11 +52,6 @@ class NotFound(ApiError):
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"
-
-
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
 
 
 class Conflict(ApiError):
@@ -98,8 +109,32 @@ def _disk_full(request: Request, exc: BaseException) -> JSONResponse:
     return JSONResponse(error_body("disk_full", DISK_FULL_MESSAGE), 507)
 
 
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, field: str | None = None) -> dict:
+    error = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return {"error": error}
+
+
+@contextmanager
+def in_field(field: str) -> Iterator[None]:
+    """An error (ApiError, EngineError, ...) raised inside is about request field
+    `field`: it is named in the error's `field` and its message, unless it names one."""
+    try:
+        yield
+    except Exception as exc:
+        if hasattr(exc, "message") and getattr(exc, "field", None) is None:
+            exc.field = field
+            exc.message = f"{field}: {exc.message}"
+        raise
+
+
+class ErrorRule:
+    """How the handler renders an error type raised below the routes: the status when
+    the error carries none, and the field when it names none."""
+
+    def __init__(self, status: int, field: str | None = None):
+        self.status, self.field = status, field
 
 
 def _loc(loc: tuple) -> str:
@@ -107,18 +142,33 @@ def _loc(loc: tuple) -> str:
     return ".".join(parts) or "request"
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(error_body(exc.code, exc.message), exc.status, headers=headers)
+def install_error_handlers(app: FastAPI, errors: Mapping[type[Exception], ErrorRule]) -> None:
+    """Every handler, registered once. `errors`: the error types raised below the routes
+    (each with `code` and `message`, and maybe `status` and `field`), with their rule."""
+    rules = {ApiError: ErrorRule(ApiError.status), **errors}
+
+    async def _error(request: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, ApiError) and is_disk_full(exc):  # a write failed, not the input
+            return _disk_full(request, exc)
+        rule = next(r for t, r in rules.items() if isinstance(exc, t))
+        status = getattr(exc, "status", None) or rule.status
+        field = getattr(exc, "field", None) or rule.field
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        body = error_body(exc.code, exc.message, field)
+        return JSONResponse(body, status, headers=headers)
+
+    for error_type in rules:
+        app.add_exception_handler(error_type, _error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         message = "; ".join(f"{_loc(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors[:5])
-        body = error_body("validation_error", message or str(first))
+        field = _loc(tuple(first.get("loc", ())))
+        body = error_body(
+            "validation_error", message or str(first), None if field == "request" else field
+        )
         body["error"]["fields"] = [
             {"field": _loc(tuple(e.get("loc", ()))), "message": e.get("msg")} for e in errors
         ]

@@ -25,6 +25,7 @@ class Page(BaseModel, Generic[T]):
 class ErrorDetail(BaseModel):
     code: str
     message: str
+    field: str | None = None  # the request field at fault, when there is one
 
 
 class ErrorResponse(BaseModel):
