@@ -154,6 +154,8 @@ def execute(*, job_id: str) -> str:
             return "cancelled"
         except EngineError as exc:
             error = {"code": exc.code, "message": exc.message[:1000]}
+            if exc.field:
+                error["field"] = exc.field
             _record_end(job_id, work_dir, status="failed", error=error)
             return "failed"
         except Exception as exc:

@@ -13,10 +13,9 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
 from app.core.db import begin_write, new_id
-from app.core.errors import DISK_FULL_MESSAGE, ApiError, Conflict, Invalid, NotFound, is_disk_full
+from app.core.errors import Conflict, Invalid, NotFound
 from app.core.pagination import fetch_page
 from app.datasets.ingest import (
-    IngestError,
     Limits,
     ingest_csv,
     ingest_image_archive,
@@ -99,11 +98,7 @@ def create(
                 limits=limits,
             )
         partial.rename(final)
-    except IngestError as exc:
-        if is_disk_full(exc):  # a write of the ingested files failed, not the archive
-            raise ApiError(DISK_FULL_MESSAGE, code="disk_full", status=507) from exc
-        raise ApiError(exc.message, code=exc.code, status=exc.status) from exc
-    finally:
+    finally:  # an IngestError goes on to the error handler (app.main.ERRORS)
         storage.remove(scratch)
         storage.remove(partial)
 

@@ -57,6 +57,7 @@ class Progress(BaseModel):
 class JobError(BaseModel):
     code: str
     message: str
+    field: str | None = None  # the job spec's field at fault, when there is one
 
 
 class JobOut(BaseModel):

@@ -44,11 +44,12 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
         model_id = spec.base_model.removeprefix("model:")
         parent = session.get(Model, model_id)
         if parent is None or parent.owner_id != owner.id:
-            raise NotFound(f"base_model: model {model_id!r} not found")
+            raise NotFound(f"base_model: model {model_id!r} not found", field="base_model")
         if parent.task != task:
             raise Invalid(
                 f"base_model: model {model_id!r} is a {parent.task} model; the dataset is {task}",
                 code="task_mismatch",
+                field="base_model",
             )
         return {"parent_model_id": parent.id, "architecture": parent.lineage.get("architecture")}
     if spec.base_model.startswith(base_models.UPLOAD_PREFIX):
@@ -62,6 +63,7 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
                 f"base_model: {spec.base_model!r} is {upload.architecture} weights for "
                 f"{upload.task}; the dataset is {task}",
                 code="task_mismatch",
+                field="base_model",
             )
         return {"upload_id": upload.id, "architecture": upload.architecture}
     info = base_models.check(name=spec.base_model, pretrained=spec.pretrained)
@@ -69,6 +71,7 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
         raise Invalid(
             f"base_model: {spec.base_model!r} is for {info['task']}; the dataset is {task}",
             code="task_mismatch",
+            field="base_model",
         )
     return {"architecture": spec.base_model}
 

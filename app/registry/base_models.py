@@ -10,11 +10,10 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import Owner
 from app.core.db import begin_write, new_id
-from app.core.errors import Invalid, NotFound
+from app.core.errors import Invalid, NotFound, in_field
 from app.registry.models import UploadedBaseModel
 from app.storage.local import LocalStorage, copy_bounded
 from app.training import build
-from app.training.errors import EngineError
 from app.training.uploads import inspect_upload
 
 UPLOAD_PREFIX = "upload:"
@@ -36,10 +35,8 @@ def list_all(*, session: Session | None = None, owner: Owner | None = None) -> l
 
 def check(*, name: str, pretrained: bool) -> dict:
     """The base model's description, or a 422 saying why a job can't start from it."""
-    try:
+    with in_field("base_model"):
         build.check_available(name, pretrained)
-    except EngineError as exc:
-        raise Invalid(f"base_model: {exc.message}", code=exc.code) from exc
     return next(m for m in build.list_base_models() if m["name"] == name)
 
 
@@ -83,21 +80,17 @@ def create_upload(
 ) -> UploadedBaseModel:
     """Validate uploaded safetensors against `architecture` (never unpickling anything)
     and record them; nothing is left behind on error."""
-    try:
+    with in_field("architecture"):
         build.get_base_model(architecture)
-    except EngineError as exc:
-        raise Invalid(f"architecture: {exc.message}", code=exc.code) from exc
     upload_id = new_id("bm")
     scratch = storage.scratch_path(".safetensors")
     final = storage.base_model_dir(upload_id)
     try:
         size = copy_bounded(upload, scratch, storage.settings.max_upload_bytes)
         if size == 0:
-            raise Invalid("file: the uploaded file is empty", code="empty_upload")
-        try:
+            raise Invalid("file: the uploaded file is empty", code="empty_upload", field="file")
+        with in_field("file"):
             info = inspect_upload(scratch, architecture)
-        except EngineError as exc:
-            raise Invalid(f"file: {exc.message}", code=exc.code) from exc
         final.mkdir(parents=True)
         shutil.move(str(scratch), final / WEIGHTS_NAME)
     finally:

@@ -270,10 +270,7 @@ def export_model(
     """The model as safetensors (state dict), TorchScript or ONNX (inputs in [0, 1])."""
     model = service.get(session=session, owner=owner, model_id=model_id)
     session.close()
-    try:
-        path = export(LocalStorage(settings).model_dir(model.id), format)
-    except EngineError as exc:
-        raise Invalid(exc.message, code=exc.code) from exc
+    path = export(LocalStorage(settings).model_dir(model.id), format)  # EngineError: 422
     return FileResponse(
         path,
         media_type="application/octet-stream",

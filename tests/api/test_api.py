@@ -97,6 +97,8 @@ def test_upload_errors_are_clear_4xx(api):
     )
     assert 400 <= r.status_code < 500, r.text
     assert r.json()["error"]["message"]
+    # An ingest error names the upload's part at fault (app.main.ERRORS).
+    assert r.json()["error"]["field"] == "file", r.text
     _error(api.post("/v1/datasets", json={"file": "x"}), 422)
     _error(
         api.post("/v1/datasets", files={"file": ("e.zip", io.BytesIO(b""), "application/zip")}), 422
@@ -114,6 +116,7 @@ def test_jobspec_validation_names_the_field(api, dataset):
     ):
         err = _error(api.post("/v1/jobs", json={**base, field: value}), 422, "validation_error")
         assert field in err["message"], err
+        assert err["field"] == field, err
     _error(api.post("/v1/jobs", json={"base_model": "efficientnet_lite0"}), 422)
 
 
@@ -125,7 +128,7 @@ def test_job_refused_for_unknown_dataset_base_model_and_missing_weights(api, dat
     err = _error(
         api.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "vgg99"}), 422
     )
-    assert "vgg99" in err["message"]
+    assert "vgg99" in err["message"] and err["field"] == "base_model", err
     listed = {m["name"]: m for m in api.get("/v1/base-models").json()}
     assert listed["efficientnet_lite0"]["weights_present"] is True
     assert listed["efficientnet_lite0"]["params"] > 3_000_000
