@@ -1,6 +1,7 @@
 """Dependencies declared once as Annotated aliases and reused by every route."""
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query
@@ -8,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
 from app.core.db import get_sessionmaker
+from app.core.pagination import page_body
 
 
 async def get_session() -> AsyncIterator[Session]:
@@ -32,3 +34,22 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 # would overflow the driver (a 500), so it is a 422 that names the parameter instead.
 MAX_OFFSET = 2**31 - 1
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """One page of a list endpoint: `limit` rows from `offset` (newest first)."""
+
+    limit: int
+    offset: int
+
+    def body(self, rows: list, total: int) -> dict:
+        return page_body(rows, total, self.offset)
+
+
+def page_query(limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Offset = 0) -> PageQuery:
+    return PageQuery(limit=limit, offset=offset)
+
+
+# The `limit` and `offset` query parameters of every list endpoint.
+PageParams = Annotated[PageQuery, Depends(page_query)]

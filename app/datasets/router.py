@@ -1,16 +1,15 @@
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 
 from app.auth.deps import CurrentOwner
-from app.core.deps import Offset, SessionDep, SettingsDep
-from app.core.pagination import page_body
+from app.core.deps import PageParams, SessionDep
 from app.core.routing import Route
 from app.core.schemas import NoNul, Page
 from app.datasets import service
 from app.datasets.schemas import DatasetOut, Task
 from app.jobs import service as jobs
-from app.storage.local import LocalStorage
+from app.storage.deps import StorageDep
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=Route)
 
@@ -20,7 +19,7 @@ def create_dataset(
     owner: CurrentOwner,
     response: Response,
     session: SessionDep,
-    settings: SettingsDep,
+    storage: StorageDep,
     file: Annotated[UploadFile, File(description="ZIP/tar of class folders, or a CSV")],
     name: Annotated[str | None, Form(max_length=200), NoNul] = None,
     task: Annotated[Task | None, Form()] = None,
@@ -31,7 +30,7 @@ def create_dataset(
     dataset, created = service.create(
         session=session,
         owner=owner,
-        storage=LocalStorage(settings),
+        storage=storage,
         upload=file.file,
         filename=file.filename,
         name=name,
@@ -49,11 +48,10 @@ def create_dataset(
 def list_datasets(
     owner: CurrentOwner,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Offset = 0,
+    page: PageParams,
 ):
-    rows, total = service.list_(session=session, owner=owner, limit=limit, offset=offset)
-    return page_body(rows, total, offset)
+    rows, total = service.list_(session=session, owner=owner, limit=page.limit, offset=page.offset)
+    return page.body(rows, total)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
@@ -63,12 +61,12 @@ def get_dataset(dataset_id: str, owner: CurrentOwner, session: SessionDep):
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_dataset(
-    dataset_id: str, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
+    dataset_id: str, owner: CurrentOwner, session: SessionDep, storage: StorageDep
 ) -> None:
     service.delete(
         session=session,
         owner=owner,
-        storage=LocalStorage(settings),
+        storage=storage,
         dataset_id=dataset_id,
         in_use=jobs.dataset_in_use,
     )

@@ -10,8 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from app.auth.deps import CurrentOwner
 from app.core.db import get_sessionmaker
-from app.core.deps import MAX_OFFSET, Offset, SessionDep
-from app.core.pagination import page_body
+from app.core.deps import MAX_OFFSET, Offset, PageParams, SessionDep
 from app.core.routing import Route
 from app.core.schemas import Page
 from app.jobs import service
@@ -52,14 +51,13 @@ def create_job(
 def list_jobs(
     owner: CurrentOwner,
     session: SessionDep,
+    page: PageParams,
     status: Annotated[JobStatus | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Offset = 0,
 ):
     rows, total = service.list_(
-        session=session, owner=owner, status=status, limit=limit, offset=offset
+        session=session, owner=owner, status=status, limit=page.limit, offset=page.offset
     )
-    return page_body(rows, total, offset)
+    return page.body(rows, total)
 
 
 @router.get("/{job_id}", response_model=JobOut)

@@ -13,9 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from app.auth.deps import CurrentOwner
 from app.core.config import Settings
 from app.core.db import get_sessionmaker
-from app.core.deps import Offset, SessionDep, SettingsDep
+from app.core.deps import PageParams, SessionDep, SettingsDep
 from app.core.errors import ApiError, Invalid, NotFound
-from app.core.pagination import page_body
 from app.core.routing import Route
 from app.core.schemas import ErrorResponse, NoNul, Page
 from app.jobs.models import Job
@@ -23,6 +22,7 @@ from app.predictions.service import Batcher, ModelCache, ModelInfo
 from app.registry import base_models, report, service
 from app.registry.models import Model
 from app.registry.schemas import BaseModelOut, ModelOut, PredictResponse
+from app.storage.deps import StorageDep
 from app.storage.local import LocalStorage
 from app.training.errors import EngineError
 from app.training.export import export
@@ -66,11 +66,10 @@ PREDICT_BODY = {
 def list_models(
     owner: CurrentOwner,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Offset = 0,
+    page: PageParams,
 ):
-    rows, total = service.list_(session=session, owner=owner, limit=limit, offset=offset)
-    return page_body(rows, total, offset)
+    rows, total = service.list_(session=session, owner=owner, limit=page.limit, offset=page.offset)
+    return page.body(rows, total)
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelOut)
@@ -264,13 +263,13 @@ def export_model(
     model_id: str,
     owner: CurrentOwner,
     session: SessionDep,
-    settings: SettingsDep,
+    storage: StorageDep,
     format: Annotated[Literal["safetensors", "torchscript", "onnx"], Query()] = "safetensors",
 ):
     """The model as safetensors (state dict), TorchScript or ONNX (inputs in [0, 1])."""
     model = service.get(session=session, owner=owner, model_id=model_id)
     session.close()
-    path = export(LocalStorage(settings).model_dir(model.id), format)  # EngineError: 422
+    path = export(storage.model_dir(model.id), format)  # EngineError: 422
     return FileResponse(
         path,
         media_type="application/octet-stream",
@@ -293,7 +292,7 @@ def list_base_models(owner: CurrentOwner, session: SessionDep):
 def upload_base_model(
     owner: CurrentOwner,
     session: SessionDep,
-    settings: SettingsDep,
+    storage: StorageDep,
     file: Annotated[UploadFile, File(description="a .safetensors state dict")],
     architecture: Annotated[str, Form(min_length=1, max_length=64), NoNul],
     name: Annotated[str | None, Form(max_length=200), NoNul] = None,
@@ -303,7 +302,7 @@ def upload_base_model(
     row = base_models.create_upload(
         session=session,
         owner=owner,
-        storage=LocalStorage(settings),
+        storage=storage,
         upload=file.file,
         architecture=architecture.strip(),
         name=name or file.filename or architecture,

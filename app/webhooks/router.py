@@ -1,10 +1,7 @@
-from typing import Annotated
-
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 
 from app.auth.deps import CurrentOwner
-from app.core.deps import Offset, SessionDep, SettingsDep
-from app.core.pagination import page_body
+from app.core.deps import PageParams, SessionDep, SettingsDep
 from app.core.routing import Route
 from app.core.schemas import Page
 from app.webhooks import service
@@ -31,11 +28,10 @@ def create_webhook(
 def list_webhooks(
     owner: CurrentOwner,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Offset = 0,
+    page: PageParams,
 ):
-    rows, total = service.list_(session=session, owner=owner, limit=limit, offset=offset)
-    return page_body(rows, total, offset)
+    rows, total = service.list_(session=session, owner=owner, limit=page.limit, offset=page.offset)
+    return page.body(rows, total)
 
 
 @router.get("/{webhook_id}", response_model=WebhookOut)
@@ -53,11 +49,10 @@ def list_deliveries(
     webhook_id: str,
     owner: CurrentOwner,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Offset = 0,
+    page: PageParams,
 ):
     """Each event sent to the endpoint, with every attempt's response code or error."""
     rows, total = service.deliveries(
-        session=session, owner=owner, webhook_id=webhook_id, limit=limit, offset=offset
+        session=session, owner=owner, webhook_id=webhook_id, limit=page.limit, offset=page.offset
     )
-    return page_body(rows, total, offset)
+    return page.body(rows, total)
