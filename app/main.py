@@ -18,6 +18,7 @@ from app.jobs.reconciler import Reconciler
 from app.jobs.router import router as jobs_router
 from app.ops.health import router as health_router
 from app.predictions.service import ModelCache
+from app.registry.base_models_router import router as base_models_router
 from app.registry.router import router as models_router
 from app.storage.local import LocalStorage
 from app.training.errors import EngineError
@@ -94,6 +95,7 @@ def create_app() -> FastAPI:
         datasets_router,
         jobs_router,
         models_router,
+        base_models_router,
         admin_router,
         webhooks_router,
     ):

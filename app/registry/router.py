@@ -5,7 +5,7 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -16,12 +16,12 @@ from app.core.db import get_sessionmaker
 from app.core.deps import PageParams, SessionDep, SettingsDep
 from app.core.errors import ApiError, Invalid, NotFound
 from app.core.routing import Route
-from app.core.schemas import ErrorResponse, NoNul, Page
+from app.core.schemas import ErrorResponse, Page
 from app.jobs.models import Job
 from app.predictions.service import Batcher, ModelCache, ModelInfo
-from app.registry import base_models, report, service
+from app.registry import report, service
 from app.registry.models import Model
-from app.registry.schemas import BaseModelOut, ModelOut, PredictResponse
+from app.registry.schemas import ModelOut, PredictResponse
 from app.storage.deps import StorageDep
 from app.storage.local import LocalStorage
 from app.training.errors import EngineError
@@ -275,36 +275,3 @@ def export_model(
         media_type="application/octet-stream",
         filename=f"{model.id}{Path(path).suffix if format != 'torchscript' else '.pt'}",
     )
-
-
-@router.get("/v1/base-models", response_model=list[BaseModelOut], tags=["base-models"])
-def list_base_models(owner: CurrentOwner, session: SessionDep):
-    """Built-in base models (text and tabular too), then this owner's uploaded weights."""
-    return base_models.list_all(session=session, owner=owner)
-
-
-@router.post(
-    "/v1/base-models",
-    response_model=BaseModelOut,
-    status_code=status.HTTP_201_CREATED,
-    tags=["base-models"],
-)
-def upload_base_model(
-    owner: CurrentOwner,
-    session: SessionDep,
-    storage: StorageDep,
-    file: Annotated[UploadFile, File(description="a .safetensors state dict")],
-    architecture: Annotated[str, Form(min_length=1, max_length=64), NoNul],
-    name: Annotated[str | None, Form(max_length=200), NoNul] = None,
-):
-    """Pretrained weights for a known architecture, as safetensors (a pickle is refused
-    unread). Usable by this owner as `"base_model": "upload:<id>"`."""
-    row = base_models.create_upload(
-        session=session,
-        owner=owner,
-        storage=storage,
-        upload=file.file,
-        architecture=architecture.strip(),
-        name=name or file.filename or architecture,
-    )
-    return base_models.upload_out(row)
