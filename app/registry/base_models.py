@@ -2,7 +2,6 @@
 and the pretrained weights owners upload (`upload:<id>`, visible to their owner only)."""
 
 import shutil
-from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy import select
@@ -18,11 +17,14 @@ from app.training.uploads import inspect_upload
 
 UPLOAD_PREFIX = "upload:"
 WEIGHTS_NAME = "model.safetensors"
+# The engine's test-only models: a job may name one, but GET /v1/base-models does not
+# list them (a user has no use for them).
+UNLISTED = frozenset({"tiny_cnn"})
 
 
 def list_all(*, session: Session | None = None, owner: Owner | None = None) -> list[dict]:
-    """Built-in base models, then the owner's uploads (newest first)."""
-    out = build.list_base_models()
+    """Built-in base models (but the test-only ones), then the owner's uploads (newest first)."""
+    out = [m for m in build.list_base_models() if m["name"] not in UNLISTED]
     if session is not None and owner is not None:
         rows = session.scalars(
             select(UploadedBaseModel)
@@ -63,10 +65,6 @@ def get_upload(*, session: Session, owner: Owner, upload_id: str) -> UploadedBas
     if row is None or row.owner_id != owner.id:
         raise NotFound(f"base model {UPLOAD_PREFIX}{upload_id} not found")
     return row
-
-
-def weights_path(storage: LocalStorage, upload_id: str) -> Path:
-    return storage.base_model_dir(upload_id) / WEIGHTS_NAME
 
 
 def create_upload(

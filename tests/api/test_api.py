@@ -132,6 +132,13 @@ def test_job_refused_for_unknown_dataset_base_model_and_missing_weights(api, dat
     listed = {m["name"]: m for m in api.get("/v1/base-models").json()}
     assert listed["efficientnet_lite0"]["weights_present"] is True
     assert listed["efficientnet_lite0"]["params"] > 3_000_000
+    # The test-only CNN is not listed, but a job may still name it.
+    assert "tiny_cnn" not in listed
+    r = api.post(
+        "/v1/jobs",
+        json={"dataset_id": dataset["id"], "base_model": "tiny_cnn", "pretrained": False},
+    )
+    assert r.status_code == 202, r.text
     if not listed["resnet18"]["weights_present"]:
         err = _error(
             api.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "resnet18"}), 422
