@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from sqlalchemy.orm import Session
 
 from app.datasets.models import Dataset
+from app.registry.base_models import WEIGHTS_NAME, parse_ref
 from app.registry.models import Model, UploadedBaseModel
 from app.storage.local import LocalStorage
 from app.training.api import TrainConfig
@@ -35,24 +36,25 @@ def init_state_for(
     """Weights to start from and the lineage to record: a base model, uploaded weights
     (`upload:<id>`, read with safetensors only), or a model made here (`model:<id>`)."""
     base = spec["base_model"]
-    if base.startswith("upload:"):
-        upload = session.get(UploadedBaseModel, base.removeprefix("upload:"))
+    ref = parse_ref(base)
+    if ref.kind == "upload":
+        upload = session.get(UploadedBaseModel, ref.id)
         if upload is None or upload.owner_id != owner_id:
             raise EngineError(f"base model {base!r} no longer exists", code="base_model_gone")
-        path = storage.base_model_dir(upload.id) / "model.safetensors"
+        path = storage.base_model_dir(upload.id) / WEIGHTS_NAME
         return load_upload(path, upload.architecture), {
             "architecture": upload.architecture,
             "base_model": base,
             "upload_id": upload.id,
             "pretrained": True,
         }
-    if not base.startswith("model:"):
+    if ref.kind == "builtin":
         return None, {
             "architecture": base,
             "base_model": base,
             "pretrained": spec.get("pretrained", True),
         }
-    parent_id = base.removeprefix("model:")
+    parent_id = ref.id
     parent = session.get(Model, parent_id)
     if parent is None or parent.owner_id != owner_id:
         raise EngineError(f"model {parent_id!r} no longer exists", code="base_model_gone")

@@ -40,8 +40,9 @@ def add_event(session: Session, job_id: str, type_: str, **data) -> None:
 
 def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: str) -> dict:
     """Refuse a job whose base model is unknown, absent, or of another task (422 / 404)."""
-    if spec.base_model.startswith("model:"):
-        model_id = spec.base_model.removeprefix("model:")
+    ref = base_models.parse_ref(spec.base_model)
+    if ref.kind == "model":
+        model_id = ref.id
         parent = session.get(Model, model_id)
         if parent is None or parent.owner_id != owner.id:
             raise NotFound(f"base_model: model {model_id!r} not found", field="base_model")
@@ -52,12 +53,8 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
                 field="base_model",
             )
         return {"parent_model_id": parent.id, "architecture": parent.lineage.get("architecture")}
-    if spec.base_model.startswith(base_models.UPLOAD_PREFIX):
-        upload = base_models.get_upload(
-            session=session,
-            owner=owner,
-            upload_id=spec.base_model.removeprefix(base_models.UPLOAD_PREFIX),
-        )
+    if ref.kind == "upload":
+        upload = base_models.get_upload(session=session, owner=owner, upload_id=ref.id)
         if upload.task != task:
             raise Invalid(
                 f"base_model: {spec.base_model!r} is {upload.architecture} weights for "

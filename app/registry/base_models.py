@@ -2,7 +2,7 @@
 and the pretrained weights owners upload (`upload:<id>`, visible to their owner only)."""
 
 import shutil
-from typing import BinaryIO
+from typing import BinaryIO, Literal, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,10 +16,27 @@ from app.training import build
 from app.training.uploads import inspect_upload
 
 UPLOAD_PREFIX = "upload:"
+MODEL_PREFIX = "model:"
 WEIGHTS_NAME = "model.safetensors"
 # The engine's test-only models: a job may name one, but GET /v1/base-models does not
 # list them (a user has no use for them).
 UNLISTED = frozenset({"tiny_cnn"})
+
+
+class BaseRef(NamedTuple):
+    """What a job's `base_model` names: a built-in base model ("builtin", its name),
+    uploaded weights ("upload", the upload's id) or a model made here ("model", its id)."""
+
+    kind: Literal["builtin", "upload", "model"]
+    id: str
+
+
+def parse_ref(base_model: str) -> BaseRef:
+    """The one reading of the `model:` and `upload:` prefixes (the API and the worker)."""
+    for kind, prefix in (("model", MODEL_PREFIX), ("upload", UPLOAD_PREFIX)):
+        if base_model.startswith(prefix):
+            return BaseRef(kind, base_model.removeprefix(prefix))
+    return BaseRef("builtin", base_model)
 
 
 def list_all(*, session: Session | None = None, owner: Owner | None = None) -> list[dict]:
