@@ -233,6 +233,8 @@ def loaded() -> dict[str, dict]:
     return results
 
 
+# ~2 s of CPU a package (torch, FastAPI): slow; the ast rules above take milliseconds.
+@pytest.mark.slow
 @pytest.mark.parametrize("package", PACKAGES)
 def test_package_imports_alone(loaded, package):
     result = loaded[package]
