@@ -10,13 +10,15 @@ from app.auth.service import KeyCache, ensure_admin
 from app.core.config import get_settings
 from app.core.db import get_sessionmaker
 from app.core.errors import ErrorRule, install_error_handlers
-from app.core.middleware import BodyLimit, HeaderLimit, Metrics, RefuseNulPath
+from app.core.middleware import BodyLimit, HeaderLimit, RefuseNulPath
 from app.core.schemas import ErrorResponse
 from app.datasets.common import IngestError
 from app.datasets.router import router as datasets_router
 from app.jobs.reconciler import Reconciler
 from app.jobs.router import router as jobs_router
 from app.ops.health import router as health_router
+from app.ops.metrics import Metrics
+from app.ops.metrics import router as metrics_router
 from app.predictions.service import ModelCache
 from app.registry.base_models_router import router as base_models_router
 from app.registry.router import router as models_router
@@ -92,6 +94,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app, ERRORS)
     for router in (
         health_router,
+        metrics_router,
         datasets_router,
         jobs_router,
         models_router,

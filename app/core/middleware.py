@@ -1,20 +1,9 @@
 """ASGI middleware: request-size and header-size limits (before any body is read), NUL in
-the path, metrics."""
+the path. (The request metrics are app.ops.metrics.)"""
 
 import json
-import time
-
-from prometheus_client import Counter, Histogram
 
 from app.core.errors import error_body
-
-REQUESTS = Counter("finetune_http_requests_total", "HTTP requests", ["method", "route", "status"])
-LATENCY = Histogram(
-    "finetune_http_request_seconds",
-    "HTTP request latency",
-    ["method", "route"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
 
 
 async def _send_413(send, limit: int) -> None:
@@ -130,27 +119,3 @@ class HeaderLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-class Metrics:
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start = time.perf_counter()
-        status = {"code": 500}
-
-        async def wrapped(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, wrapped)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            REQUESTS.labels(scope["method"], path, str(status["code"])).inc()
-            LATENCY.labels(scope["method"], path).observe(time.perf_counter() - start)

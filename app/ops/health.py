@@ -1,20 +1,16 @@
-import hmac
+"""/healthz (the process answers) and /readyz (the database, the broker, the worker)."""
+
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-from sqlalchemy import func, select, text
+from fastapi import APIRouter, Response
+from sqlalchemy import text
 
-from app.core.db import get_engine, get_sessionmaker
+from app.core.db import get_engine
 from app.core.deps import SettingsDep
-from app.core.errors import Unauthorized, error_body
+from app.core.errors import error_body
 from app.core.routing import Route
-from app.jobs.models import Job
 from app.jobs.queue import get_celery
 from app.ops.supervisor import fresh_workers
 
@@ -85,42 +81,3 @@ def readyz(settings: SettingsDep, response: Response) -> dict:
         message = f"not ready: {', '.join(problems)} unavailable"
         return {**error_body("not_ready", message), "checks": checks}
     return {"status": "ready", "checks": checks}
-
-
-class _JobsCollector(Collector):
-    """Jobs by status, read from the database at scrape time (true across API replicas)."""
-
-    def describe(self):
-        return []  # so registering does not query the database at import
-
-    def collect(self):
-        gauge = GaugeMetricFamily("finetune_jobs", "Jobs by status", labels=["status"])
-        with get_sessionmaker()() as session:
-            rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
-        counts = {status: n for status, n in rows}
-        for status in ("queued", "running", "succeeded", "failed", "cancelled"):
-            gauge.add_metric([status], counts.get(status, 0))
-        yield gauge
-
-
-_registry = CollectorRegistry()
-_registry.register(_JobsCollector())
-
-
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
-)
-def metrics(
-    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
-) -> Response:
-    """Prometheus metrics, aggregated across every owner (request counts by route, jobs by
-    status). Open unless FINETUNE_METRICS_TOKEN is set; then it needs that bearer token."""
-    token = settings.metrics_token
-    if token:
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized("/metrics needs 'Authorization: Bearer <FINETUNE_METRICS_TOKEN>'")
-    body = generate_latest() + generate_latest(_registry)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
