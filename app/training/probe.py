@@ -10,8 +10,10 @@ from its optimum on a small dataset. The probe minimises
 with the loop's own cross-entropy (class weights make it a weighted mean, label
 smoothing applies), the bias unpenalised. scikit-learn's objective
 `C * sum_i CE_i + ||W||^2 / 2` is the same problem with `lam = 1 / (C * sum_i w_i)`, so
-strengths are named by `C` here too. The features are centred first: exact (the
-unpenalised bias absorbs the shift) and it makes L-BFGS converge several times faster.
+strengths are named by `C` here too (`solve` is that problem exactly). `fit_probe`
+standardises the features first, as a StandardScaler + LogisticRegression pipeline
+does: the penalty then means the same for any backbone's feature scale, so one grid of
+C serves them all; the head it returns works on the features as they are.
 
 `C` is chosen from a small grid on the validation split (by its log-loss), or by k-fold
 on train + val when validation is too small to tell strengths apart; the fits along the
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 MIN_VAL_FOR_HOLDOUT = 40  # smaller val splits: choose C by k-fold on train + val
 FOLDS = 4
 GRID_ROWS = 2048  # C is chosen on at most this many train rows
@@ -35,7 +37,7 @@ GRID_ROWS = 2048  # C is chosen on at most this many train rows
 
 @dataclass
 class Probe:
-    weight: torch.Tensor  # (K, D), in the original (uncentred) feature space
+    weight: torch.Tensor  # (K, D), on the features as they are (not standardised)
     bias: torch.Tensor  # (K,)
     C: float
     objective: float  # the minimised loss on train (data term + penalty)
@@ -223,7 +225,9 @@ def fit_probe(
     torch.set_num_threads(1)
     try:
         mu = tx.mean(0)
-        txc, vxc = tx - mu, vx - mu
+        sd = tx.std(0)
+        sd = sd.clamp(min=1e-6 * float(sd.max().clamp(min=1e-12)))
+        txc, vxc = (tx - mu) / sd, (vx - mu) / sd
         if len(grid) == 1:
             scores = [{"C": grid[0], "val_accuracy": None, "val_loss": None}]
         elif len(vy) >= MIN_VAL_FOR_HOLDOUT:
@@ -236,7 +240,7 @@ def fit_probe(
             scores = _sweep(grid, [(gx, gy, vxc, vy)], kw)
         else:
             # Too few validation samples to tell strengths apart: k-fold on train + val.
-            ax, ay = torch.cat([tx, vx]), torch.cat([ty, vy])
+            ax, ay = torch.cat([txc, vxc]), torch.cat([ty, vy])
             k = max(2, min(FOLDS, int(torch.bincount(ay).min())))
             fits = []
             for held in _folds(ay, k, seed):
@@ -253,9 +257,10 @@ def fit_probe(
         )
     finally:
         torch.set_num_threads(before)
+    w = w / sd  # back to the features as they are
     return Probe(
         weight=w,
-        bias=b - w @ mu,  # back to uncentred features
+        bias=b - w @ mu,
         C=best["C"],
         objective=objective,
         val_loss=loss,
