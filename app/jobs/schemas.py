@@ -46,6 +46,11 @@ class JobSpec(BaseModel):
     auto_budget_seconds: float | None = Field(
         None, gt=0, le=7 * 24 * 3600, description="search budget in seconds (auto)"
     )
+    refit: bool = Field(
+        True,
+        description="a head-only job: once validation chose the L2 strength, refit the head "
+        "on train + validation (validation metrics stay those of the head it chose)",
+    )
     probe: bool = Field(
         True,
         description="fit the head exactly first (L-BFGS logistic regression on the frozen "

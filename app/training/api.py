@@ -104,6 +104,7 @@ class TrainConfig:
     auto_budget_epochs: int = 12
     auto_budget_seconds: float | None = None
     probe: bool = True  # start from the exact linear probe (the whole job when head-only)
+    refit: bool = True  # a probe-only job refits its head on train + val with the chosen C
     max_length: int = text.DEFAULT_MAX_LENGTH  # text: tokens per input (longer is truncated)
 
 
@@ -264,6 +265,7 @@ def train(
         class_weights=config.class_weights,
         modality=_MODALITY[task],
         probe=config.probe,
+        refit=config.refit,
     )
 
     def make_model() -> TransferModel:

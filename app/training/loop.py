@@ -77,6 +77,7 @@ class LoopOptions:
     train_bn: bool = True  # False: BN keeps pretrained statistics (see freeze.py)
     modality: str = "image"  # "text" / "tabular": inputs need no preset (see above)
     probe: bool = False  # fit the head exactly first (see above)
+    refit: bool = False  # a probe-only job: refit its head on train + val (see fit)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -161,6 +162,12 @@ def _load_group_state(
         modules[g].load_state_dict(
             {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         )
+
+
+def _set_head(model: TransferModel, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    with torch.no_grad():
+        model.head.weight.copy_(weight.to(model.head.weight))
+        model.head.bias.copy_(bias.to(model.head.bias))
 
 
 def _epoch_report(
@@ -408,12 +415,17 @@ def fit(
                 "bad_epochs": bad_epochs,
                 "history": history,
                 "rng": ckpt.rng_state(),
+                "refit": refit_head,
             },
         )
 
     # ---- the exact probe: the head at its optimum on the frozen backbone's features
     head_only = all(p.trainable_groups() == ["head"] for p in plans)
     probe_only = o.probe and head_only and level == model.pooled_level
+    # Refit: once validation has chosen C, the head is fitted again on train + val with
+    # it. Validation metrics stay those of the train-only head (the one it chose); only
+    # the test split, never seen, measures the refitted one.
+    refit_head = state.get("refit") if state is not None else None
     if o.probe and state is None:
         check_stop()
         t0 = time.perf_counter()
@@ -428,9 +440,19 @@ def fit(
             label_smoothing=o.label_smoothing,
             seed=o.seed,
         )
-        with torch.no_grad():
-            model.head.weight.copy_(fitted.weight.to(model.head.weight))
-            model.head.bias.copy_(fitted.bias.to(model.head.bias))
+        _set_head(model, fitted.weight, fitted.bias)
+        if probe_only and o.refit:
+            both = fit_probe(
+                torch.cat([tx, vx]),
+                torch.cat([data.train.labels, data.val.labels]),
+                vx,
+                data.val.labels,
+                num_classes=len(data.classes),
+                weight=weight,
+                label_smoothing=o.label_smoothing,
+                grid=(fitted.C,),
+            )
+            refit_head = {"weight": both.weight, "bias": both.bias}
         best = {
             "epoch": 0,
             "val_accuracy": fitted.val_accuracy,
@@ -450,6 +472,7 @@ def fit(
             "grid": fitted.grid,
             "iterations": fitted.iterations,
             "trainable_params": count_params(model.head),
+            "refit": refit_head is not None,
         }
         history.append(report)
         save(0)
@@ -530,6 +553,8 @@ def fit(
 
     load_trainable_state(best["state"])
     val_pred, _ = predict(val_in)
+    if refit_head is not None:
+        _set_head(model, refit_head["weight"], refit_head["bias"])
     test_pred = predict(test_in)[0] if test_in is not None else None
     return FitResult(
         history=history,

@@ -200,6 +200,13 @@ def _rank(entry: dict) -> tuple[float, float]:
     return (-entry["val_loss"], entry["val_accuracy"])
 
 
+def _scale(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, spread) per feature; a (nearly) constant feature keeps its scale (1)."""
+    sd = x.std(0)
+    dead = sd <= 1e-6 * float(sd.max().clamp(min=1e-12))
+    return x.mean(0), torch.where(dead, torch.ones_like(sd), sd)
+
+
 def fit_probe(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -224,9 +231,7 @@ def fit_probe(
     # one thread is faster than several (measured 18 ms vs 67 ms per evaluation).
     torch.set_num_threads(1)
     try:
-        mu = tx.mean(0)
-        sd = tx.std(0)
-        sd = sd.clamp(min=1e-6 * float(sd.max().clamp(min=1e-12)))
+        mu, sd = _scale(tx)
         txc, vxc = (tx - mu) / sd, (vx - mu) / sd
         if len(grid) == 1:
             scores = [{"C": grid[0], "val_accuracy": None, "val_loss": None}]
@@ -240,7 +245,11 @@ def fit_probe(
             scores = _sweep(grid, [(gx, gy, vxc, vy)], kw)
         else:
             # Too few validation samples to tell strengths apart: k-fold on train + val.
-            ax, ay = torch.cat([txc, vxc]), torch.cat([ty, vy])
+            # (Scaled on train + val: a feature dead in train but alive in val must not be
+            # blown up by train's near-zero spread.)
+            ax, ay = torch.cat([tx, vx]), torch.cat([ty, vy])
+            amu, asd = _scale(ax)
+            ax = (ax - amu) / asd
             k = max(2, min(FOLDS, int(torch.bincount(ay).min())))
             fits = []
             for held in _folds(ay, k, seed):
