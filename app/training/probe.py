@@ -10,10 +10,12 @@ from its optimum on a small dataset. The probe minimises
 with the loop's own cross-entropy (class weights make it a weighted mean, label
 smoothing applies), the bias unpenalised. scikit-learn's objective
 `C * sum_i CE_i + ||W||^2 / 2` is the same problem with `lam = 1 / (C * sum_i w_i)`, so
-strengths are named by `C` here too (`solve` is that problem exactly). `fit_probe`
-standardises the features first, as a StandardScaler + LogisticRegression pipeline
-does: the penalty then means the same for any backbone's feature scale, so one grid of
-C serves them all; the head it returns works on the features as they are.
+strengths are named by `C` here too. The features are centred first: exact (the
+unpenalised bias absorbs the shift) and it makes L-BFGS converge several times faster.
+They are not standardised by default: on EfficientNet-Lite0 features of digits,
+standardising (StandardScaler + LR) lost 2 points of held-out accuracy (0.907 vs
+0.929, the same as scikit-learn's on raw features), as near-dead ReLU features get
+blown up to unit variance.
 
 `C` is chosen from a small grid on the validation split (by its log-loss), or by k-fold
 on train + val when validation is too small to tell strengths apart; the fits along the
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # the practitioner's LogisticRegressionCV grid
 MIN_VAL_FOR_HOLDOUT = 40  # smaller val splits: choose C by k-fold on train + val
 FOLDS = 4
 GRID_ROWS = 2048  # C is chosen on at most this many train rows
@@ -105,7 +107,10 @@ def solve(
     """
     dtype = x.dtype
     lam = _lam(C, y, weight)
-    s = x.std(0).clamp(min=1e-6)
+    # (Floored: a near-constant feature's tiny spread would make the penalty's curvature
+    # in v huge, which is worse conditioning, not better.)
+    s = x.std(0)
+    s = s.clamp(min=1e-2 * float(s.max().clamp(min=1e-12)))
     xs = x / s
     wq, sq, norm = _targets(y, num_classes, weight, label_smoothing, dtype)
     inv_s2 = (1.0 / s.pow(2)).unsqueeze(0)
@@ -186,6 +191,8 @@ def _sweep(
                 count + len(sy),
             )
         entry = {"C": C, "val_accuracy": correct / count, "val_loss": loss_sum / count}
+        if len(fits) == 1:
+            entry["init"] = inits[0]  # the final fit warm-starts from it
         better = not scores or _rank(entry) > max(_rank(s) for s in scores)
         worse = 0 if better else worse + 1
         scores.append(entry)
@@ -218,6 +225,7 @@ def fit_probe(
     label_smoothing: float = 0.0,
     grid: tuple[float, ...] = C_GRID,
     seed: int = 0,
+    standardize: bool = False,
 ) -> Probe:
     """The probe fitted on train, with C chosen on val (or by k-fold when val is tiny)."""
     t0 = time.perf_counter()
@@ -232,6 +240,8 @@ def fit_probe(
     torch.set_num_threads(1)
     try:
         mu, sd = _scale(tx)
+        if not standardize:
+            sd = torch.ones_like(sd)
         txc, vxc = (tx - mu) / sd, (vx - mu) / sd
         if len(grid) == 1:
             scores = [{"C": grid[0], "val_accuracy": None, "val_loss": None}]
@@ -249,6 +259,8 @@ def fit_probe(
             # blown up by train's near-zero spread.)
             ax, ay = torch.cat([tx, vx]), torch.cat([ty, vy])
             amu, asd = _scale(ax)
+            if not standardize:
+                asd = torch.ones_like(asd)
             ax = (ax - amu) / asd
             k = max(2, min(FOLDS, int(torch.bincount(ay).min())))
             fits = []
@@ -259,7 +271,8 @@ def fit_probe(
                 fits.append((ax[keep] - fmu, ay[keep], ax[held] - fmu, ay[held]))
             scores = _sweep(grid, fits, kw)
         best = scores[0] if len(scores) == 1 else max(scores, key=_rank)
-        w, b, iters = solve(txc, ty, C=best["C"], **kw)
+        w, b, iters = solve(txc, ty, C=best["C"], init=best.get("init"), **kw)
+        scores = [{k: v for k, v in s.items() if k != "init"} for s in scores]
         acc, loss = _evaluate(vxc, vy, w, b)
         objective = float(
             _objective(txc, ty, w, b, _lam(best["C"], ty, weight), weight, label_smoothing)
