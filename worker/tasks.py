@@ -135,6 +135,7 @@ def execute(*, job_id: str) -> str:
                 dataset_dir=storage.dataset_dir(dataset_id),
                 work_dir=work_dir,
                 cache_dir=storage.cache_dir(),
+                feature_dir=storage.features_dir(dataset_id),
                 init_state=init_state,
                 init_config=init_config_for(storage=storage, lineage=lineage),
                 on_epoch=on_epoch,
@@ -197,7 +198,7 @@ def execute(*, job_id: str) -> str:
             **lineage,
             "job_id": job_id,
             "dataset_id": dataset_id,
-            "strategy": spec["strategy"],
+            "strategy": result.strategy,
             "best_epoch": result.best_epoch,
         },
     )

@@ -145,3 +145,4 @@ def delete(*, session: Session, owner: Owner, storage: LocalStorage, dataset_id:
     session.delete(dataset)
     session.commit()
     storage.remove(storage.dataset_dir(dataset_id))
+    storage.remove(storage.features_dir(dataset_id))  # its jobs' frozen features

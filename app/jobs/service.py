@@ -18,6 +18,8 @@ from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import JobSpec
 from app.registry import base_models
 from app.registry.models import Model
+from app.training import api as training
+from app.training.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,24 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
     return {"architecture": spec.base_model}
 
 
+def _with_strategy(spec: JobSpec, base: dict) -> JobSpec:
+    """The spec with the strategy the job will run (null: chosen from the base model);
+    a strategy that keeps randomly initialised layers frozen is a 422."""
+    has_init = "parent_model_id" in base or "upload_id" in base
+    architecture = base.get("architecture") or spec.base_model
+    try:
+        strategy = training.resolve_strategy(
+            spec.strategy,
+            base_model=architecture,
+            has_weights=training.has_pretrained_weights(
+                architecture, pretrained=spec.pretrained, has_init=has_init
+            ),
+        )
+    except EngineError as exc:
+        raise Invalid(exc.message, code=exc.code) from exc
+    return spec.model_copy(update={"strategy": strategy})
+
+
 def create(
     *, session: Session, owner: Owner, spec: JobSpec, idempotency_key: str | None
 ) -> tuple[Job, bool]:
@@ -80,7 +100,8 @@ def create(
         if existing is not None:
             return _replay(existing, request_hash, idempotency_key), False
     dataset = datasets.get(session=session, owner=owner, dataset_id=spec.dataset_id)
-    _check_base_model(session=session, owner=owner, spec=spec, task=dataset.task)
+    base = _check_base_model(session=session, owner=owner, spec=spec, task=dataset.task)
+    spec = _with_strategy(spec, base)
     job = Job(
         id=new_id("job"),
         owner_id=owner.id,
@@ -89,7 +110,7 @@ def create(
         spec=spec.model_dump(mode="json"),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
-        progress={"epoch": 0, "epochs": spec.epochs, "fraction": 0.0, "eta_seconds": None},
+        progress={"epoch": 0, "epochs": spec.epochs or 0, "fraction": 0.0, "eta_seconds": None},
     )
     session.add(job)
     add_event(session, job.id, "status", status="queued")

@@ -10,6 +10,13 @@ Frozen-feature cache: when augmentation is off, the prefix of the network that n
 of the job ever trains (stem + lowest blocks, or the whole backbone for a linear probe)
 runs once per sample per job; training then starts from the cached features.
 
+Exact probe (`LoopOptions.probe`): before the first epoch, the head is fitted to the
+optimum of its convex loss on the frozen backbone's pooled features (probe.py), and
+that head is the bar every later epoch must beat on validation. When no epoch trains
+more than the head and the features are cached, the probe is the whole job; otherwise
+fine-tuning starts from it (LP-FT, Kumar et al. 2022). It is the history's first entry
+(`"stage": "probe"`, epoch 0) and is checkpointed like an epoch.
+
 Modalities: images arrive as uint8 tensors and go through the train/eval presets; text
 (token ids + mask) and tabular (encoded features) tensors go to the model as they are
 (`LoopOptions.modality`). Everything else is the same loop.
@@ -32,6 +39,7 @@ from app.training import checkpoint as ckpt
 from app.training.build import TransferModel
 from app.training.data import ImageData
 from app.training.errors import Cancelled, CheckpointMismatch, InvalidConfig
+from app.training.feature_store import FeatureStore, cached
 from app.training.features import cache_features
 from app.training.freeze import (
     apply_plan,
@@ -43,6 +51,7 @@ from app.training.freeze import (
 )
 from app.training.optim import create_optimizer, create_scheduler
 from app.training.presets import EvalPreset, TrainPreset
+from app.training.probe import fit_probe
 from app.training.schedule import EpochPlan, frozen_level
 
 log = logging.getLogger(__name__)
@@ -67,6 +76,8 @@ class LoopOptions:
     eval_batch_size: int = 256
     train_bn: bool = True  # False: BN keeps pretrained statistics (see freeze.py)
     modality: str = "image"  # "text" / "tabular": inputs need no preset (see above)
+    probe: bool = False  # fit the head exactly first (see above)
+    refit: bool = False  # a probe-only job: refit its head on train + val (see fit)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -153,6 +164,12 @@ def _load_group_state(
         )
 
 
+def _set_head(model: TransferModel, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    with torch.no_grad():
+        model.head.weight.copy_(weight.to(model.head.weight))
+        model.head.bias.copy_(bias.to(model.head.bias))
+
+
 def _epoch_report(
     *,
     epoch: int,
@@ -197,8 +214,11 @@ def fit(
     evaluate_test: bool = True,
     on_epoch: Callable[[dict], None] = lambda r: None,
     should_stop: Callable[[], bool] = lambda: False,
+    feature_store: FeatureStore | None = None,
 ) -> FitResult:
-    """Train `model` in place along `plans`; the best epoch's weights end up in it."""
+    """Train `model` in place along `plans`; the best epoch's weights end up in it.
+
+    `feature_store`: where frozen features of this data are kept between jobs."""
     o = options
     device = resolve_device(o.device)
     cuda = device.type == "cuda"
@@ -230,25 +250,40 @@ def fit(
     # ---- frozen-feature cache (features.py), else raw images through the whole model
     level = -1 if (o.augment and image) else frozen_level(plans, num_blocks)
     splits = [data.train, data.val] + ([data.test] if evaluate_test else [])
-    cached = None
-    if level >= 0:
-        cached = cache_features(
+    names = ["train", "val", "test"]
+
+    def frozen_features(at: int, parts: list) -> list[torch.Tensor] | None:
+        """Features at level `at` of `parts` (splits), from the store or computed."""
+
+        def compute() -> list[torch.Tensor] | None:
+            return cache_features(
+                model=model,
+                splits=[s.inputs for s in parts],
+                level=at,
+                preset=eval_preset,
+                to_device=to_device,
+                batch_size=o.eval_batch_size,
+                limit_bytes=o.feature_cache_limit_bytes,
+                check_stop=check_stop,
+                amp=amp,
+                channels_last=channels_last,
+            )
+
+        return cached(
+            store=feature_store,
             model=model,
-            splits=[s.inputs for s in splits],
-            level=level,
-            preset=eval_preset,
-            to_device=to_device,
-            batch_size=o.eval_batch_size,
-            limit_bytes=o.feature_cache_limit_bytes,
-            check_stop=check_stop,
-            amp=amp,
-            channels_last=channels_last,
+            level=at,
+            names=names[: len(parts)],
+            extra={"modality": o.modality, "mean": o.mean, "std": o.std, "amp": cuda},
+            compute=compute,
         )
-    if cached is None:
+
+    features = frozen_features(level, splits) if level >= 0 else None
+    if features is None:
         level = -1
         inputs = [_Inputs(s.inputs, s.labels, -1) for s in splits]
     else:
-        inputs = [_Inputs(t, s.labels, level) for t, s in zip(cached, splits, strict=True)]
+        inputs = [_Inputs(t, s.labels, level) for t, s in zip(features, splits, strict=True)]
     train_in, val_in = inputs[0], inputs[1]
     test_in = inputs[2] if evaluate_test else None
 
@@ -260,6 +295,42 @@ def fit(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return model(x)
+
+    def pooled(inp: _Inputs) -> torch.Tensor:
+        """Pooled features of cached inputs, through the (frozen, eval mode) top blocks."""
+        if inp.level == model.pooled_level:
+            return inp.tensor
+        model.eval()
+        out = []
+        with torch.inference_mode(), amp:
+            for b in torch.arange(len(inp)).split(o.eval_batch_size):
+                h = to_device(inp.tensor[b])
+                for block in model.blocks[inp.level :]:
+                    h = block(h)
+                out.append(model.pool(h).float())
+        return torch.cat(out)
+
+    def probe_features() -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, val) pooled features of the backbone as it is now (frozen)."""
+        if level >= 0:
+            return pooled(train_in), pooled(val_in)
+        parts = [data.train, data.val]
+        got = frozen_features(model.pooled_level, parts)
+        if got is None:  # pooled vectors over the cache limit: compute them regardless
+            got = cache_features(
+                model=model,
+                splits=[s.inputs for s in parts],
+                level=model.pooled_level,
+                preset=eval_preset,
+                to_device=to_device,
+                batch_size=o.eval_batch_size,
+                limit_bytes=2**62,
+                check_stop=check_stop,
+                amp=amp,
+                channels_last=channels_last,
+            )
+            assert got is not None
+        return got[0], got[1]
 
     def predict(inp: _Inputs) -> tuple[torch.Tensor, float]:
         """(predicted classes, mean plain cross-entropy) with the whole model in eval."""
@@ -329,13 +400,91 @@ def fit(
         and bad_epochs >= o.early_stopping_patience
     )
 
+    def save(epoch: int) -> None:
+        """Checkpoint after `epoch` epochs (0: after the probe)."""
+        ckpt.save_checkpoint(
+            path,
+            {
+                "fingerprint": fingerprint,
+                "epoch": epoch,
+                "step": step,
+                "model": trainable_state(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": {"name": o.scheduler, "step": step},
+                "best": best,
+                "bad_epochs": bad_epochs,
+                "history": history,
+                "rng": ckpt.rng_state(),
+                "refit": refit_head,
+            },
+        )
+
+    # ---- the exact probe: the head at its optimum on the frozen backbone's features
+    head_only = all(p.trainable_groups() == ["head"] for p in plans)
+    probe_only = o.probe and head_only and level == model.pooled_level
+    # Refit: once validation has chosen C, the head is fitted again on train + val with
+    # it. Validation metrics stay those of the train-only head (the one it chose); only
+    # the test split, never seen, measures the refitted one.
+    refit_head = state.get("refit") if state is not None else None
+    if o.probe and state is None:
+        check_stop()
+        t0 = time.perf_counter()
+        tx, vx = probe_features()
+        fitted = fit_probe(
+            tx,
+            data.train.labels,
+            vx,
+            data.val.labels,
+            num_classes=len(data.classes),
+            weight=weight,
+            label_smoothing=o.label_smoothing,
+            seed=o.seed,
+        )
+        _set_head(model, fitted.weight, fitted.bias)
+        if probe_only and o.refit:
+            both = fit_probe(
+                torch.cat([tx, vx]),
+                torch.cat([data.train.labels, data.val.labels]),
+                vx,
+                data.val.labels,
+                num_classes=len(data.classes),
+                weight=weight,
+                label_smoothing=o.label_smoothing,
+                grid=(fitted.C,),
+            )
+            refit_head = {"weight": both.weight, "bias": both.bias}
+        best = {
+            "epoch": 0,
+            "val_accuracy": fitted.val_accuracy,
+            "val_loss": fitted.val_loss,
+            "state": trainable_state(),
+        }
+        report = {
+            "epoch": 0,
+            "epochs": len(plans),
+            "stage": "probe",
+            "train_loss": fitted.objective,
+            "val_loss": fitted.val_loss,
+            "val_accuracy": fitted.val_accuracy,
+            "seconds": time.perf_counter() - t0,
+            "eta_seconds": None,
+            "C": fitted.C,
+            "grid": fitted.grid,
+            "iterations": fitted.iterations,
+            "trainable_params": count_params(model.head),
+            "refit": refit_head is not None,
+        }
+        history.append(report)
+        save(0)
+        on_epoch(report)
+
     # ---- epochs
-    epoch_seconds = [h["seconds"] for h in history]
+    epoch_seconds = [h["seconds"] for h in history if h.get("stage") != "probe"]
     # A linear head on cached feature vectors is too little work per step to split over
     # threads: the hand-offs cost more than the math (most of all on a shared CPU).
     single = level == model.pooled_level and not cuda
     with _threads(1) if single else contextlib.nullcontext():
-        for epoch in range(start, 0 if stopped else len(plans)):
+        for epoch in range(start, 0 if stopped or probe_only else len(plans)):
             t0 = time.perf_counter()
             plan = plans[epoch]
             apply_plan(model, plan)
@@ -396,21 +545,7 @@ def fit(
             )
             # Checkpoint before reporting: a crash in between repeats a report (same epoch
             # number, the consumer can dedupe) rather than losing an epoch.
-            ckpt.save_checkpoint(
-                path,
-                {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "model": trainable_state(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": {"name": o.scheduler, "step": step},
-                    "best": best,
-                    "bad_epochs": bad_epochs,
-                    "history": history,
-                    "rng": ckpt.rng_state(),
-                },
-            )
+            save(epoch + 1)
             on_epoch(report)
             if stopped:
                 log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
@@ -418,6 +553,8 @@ def fit(
 
     load_trainable_state(best["state"])
     val_pred, _ = predict(val_in)
+    if refit_head is not None:
+        _set_head(model, refit_head["weight"], refit_head["bias"])
     test_pred = predict(test_in)[0] if test_in is not None else None
     return FitResult(
         history=history,
