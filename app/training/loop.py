@@ -43,6 +43,7 @@ from app.training.freeze import (
 )
 from app.training.optim import create_optimizer, create_scheduler
 from app.training.presets import EvalPreset, TrainPreset
+from app.training.runtime import train_channels_last
 from app.training.schedule import EpochPlan, frozen_level
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,9 @@ def fit(
     cuda = device.type == "cuda"
     ckpt.seed_everything(o.seed)
     image = o.modality == "image"
-    channels_last = cuda and image
+    shape = (min(o.batch_size, 16), 3, o.image_size, o.image_size)
+    work = len(data.train) * len(plans)  # channels_last where it measures faster (runtime.py)
+    channels_last = image and train_channels_last(model, shape, device=device, work=work)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # faster convs with cuDNN
@@ -230,7 +233,7 @@ def fit(
     # ---- frozen-feature cache (features.py), else raw images through the whole model
     level = -1 if (o.augment and image) else frozen_level(plans, num_blocks)
     splits = [data.train, data.val] + ([data.test] if evaluate_test else [])
-    cached = None
+    cached, feature_runtime = None, {}
     if level >= 0:
         cached = cache_features(
             model=model,
@@ -243,6 +246,7 @@ def fit(
             check_stop=check_stop,
             amp=amp,
             channels_last=channels_last,
+            info=feature_runtime,
         )
     if cached is None:
         level = -1
@@ -390,6 +394,9 @@ def fit(
             # The training steps alone (no validation), for throughput: len(train) / this.
             report["train_seconds"] = train_seconds
             report["train_samples"] = seen
+            report["runtime"] = (cached is not None and feature_runtime.get("runtime")) or (
+                "eager_channels_last" if channels_last else "eager"
+            )
             history.append(report)
             stopped = (
                 o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
