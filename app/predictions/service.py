@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from app.training.inference import Predictor, TabularPredictor, TextPredictor, load_predictor
 
@@ -40,6 +40,16 @@ BATCH_SIZE = Histogram(
 MODEL_LOADS = Counter(
     "finetune_model_loads", "Models loaded for predict (one per cache miss, however many wait)"
 )
+
+LOADED = Gauge(
+    "finetune_predict_models",
+    "Models loaded for predict, by the runtime each runs on (runtime.py)",
+    ["runtime"],
+)
+
+
+def _runtime(predictor) -> str:
+    return getattr(predictor, "runtime", "eager")
 
 
 @dataclass
@@ -245,8 +255,10 @@ class ModelCache:
             del self._loading[model_id]
             self.loads += 1
             MODEL_LOADS.inc()
+            LOADED.labels(_runtime(predictor)).inc()
             while len(self._items) > self.capacity:
                 evicted.append(self._items.popitem(last=False)[1])
+                LOADED.labels(_runtime(evicted[-1].predictor)).dec()
         future.set_result(batcher)
         for old in evicted:
             old.close()

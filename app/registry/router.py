@@ -96,11 +96,11 @@ def _declared_pixels(data: bytes) -> int:
         return 0
 
 
-def _decode_all(blobs: list[tuple[str | None, bytes]]) -> list:
+def _decode_all(blobs: list[tuple[str | None, bytes]], size: int | None = None) -> list:
     images = []
     for filename, data in blobs:
         try:
-            images.append(decode_image(data))
+            images.append(decode_image(data, size))
         except EngineError as exc:
             raise Invalid(f"files: {filename!r}: {exc.message}", code=exc.code) from exc
     return images
@@ -198,7 +198,7 @@ async def _image_inputs(request: Request, predictor, n_classes: int) -> tuple[li
 
 def _prepared(predictor, blobs: list[tuple[str | None, bytes]]) -> list:
     """Decoded, then resized to the model's size (predictor.check)."""
-    return _checked(predictor, _decode_all(blobs))
+    return _checked(predictor, _decode_all(blobs, getattr(predictor, "image_size", None)))
 
 
 def _checked(predictor, inputs: list) -> list:
