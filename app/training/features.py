@@ -70,7 +70,7 @@ def frozen_runner(
         prefix,
         example=sample[:2],
         check=sample[:3],
-        trial=sample,
+        trial=sample[:8],
         cache_dir=cache_dir,
         # The preset is not a weight: its numbers name the export too.
         salt=f"level {level}; {preset_key(preset)}",

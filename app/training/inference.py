@@ -9,6 +9,7 @@ run in the request, before batching) and `predict(inputs, top_k)`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import warnings
@@ -125,7 +126,7 @@ class Predictor:
     def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N,3,S,S) at image_size -> class probabilities (N, C) on the CPU."""
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), _amp(self.device):
             for chunk in batch.split(self.batch_size):
                 out.append(self.forward(chunk.to(self.device)).float().softmax(1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
@@ -148,6 +149,13 @@ class Predictor:
         if not inputs:
             return []
         return rank(self.predict_tensor(torch.stack(inputs)), self.classes, top_k)
+
+
+def _amp(device: torch.device):
+    """bf16 autocast on CUDA, as training evaluates; nothing on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class _Normalised(torch.nn.Module):
