@@ -93,3 +93,45 @@ def test_reloads_keep_memory_bounded_and_log_no_tracing_failure(live: Live):
     assert max(rss[10:]) - rss[9] < 60, rss
     logs = live.logs_full()
     assert "Graphs differed" not in logs and "tracing failed" not in logs
+
+
+def _counter(live: Live, name: str) -> float:
+    m = re.search(rf"^{name} (\S+)$", live.client().get("/metrics").text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_the_lean_predict_path_answers_as_the_route_does(live: Live):
+    """A warm model and key: answered below the router (its counter moves), with the
+    route's exact JSON; anything unusual is handed to the route with its body intact."""
+    model_id = live.model_ids[1]
+    url = f"/v1/models/{model_id}/predict"
+    other = png_bytes(next(digit_images(1, size=32, offset=5))[1])
+    files = [("files", ("a.png", PNG)), ("files", ("b.png", other))]
+    cold = live.owner.post(url, files=files, data={"top_k": "2"})  # loads: the route
+    assert cold.status_code == 200, cold.text
+    before = _counter(live, "finetune_predict_fastpath_total")
+    warm = live.owner.post(url, files=files, data={"top_k": "2"})
+    assert _counter(live, "finetune_predict_fastpath_total") == before + 1
+    assert warm.status_code == 200 and warm.json() == cold.json(), (warm.text, cold.text)
+    assert warm.headers["content-type"] == "application/json"
+    # Unusual forms and bad input: the route's answers, not the lean path's.
+    cases = [
+        ({"files": [("files", ("a.png", PNG))], "data": {"top_k": "0"}}, 422, "top_k"),
+        ({"files": [("files", ("t.png", b"not an image"))]}, 422, "t.png"),
+        ({"files": [("files", ("a.png", PNG))], "data": {"extra": "1"}}, 200, ""),
+    ]
+    for kwargs, status, word in cases:
+        r = live.owner.post(url, **kwargs)
+        assert r.status_code == status and word in r.text, (kwargs.get("data"), r.text)
+    # Another owner's key never reaches the model through either path.
+    with live.new_owner() as stranger:
+        assert stranger.post(url, files=files).status_code == 404
+    latency = [
+        r
+        for r in live.client().get("/metrics").text.splitlines()
+        if r.startswith(
+            'finetune_http_requests_total{method="POST",'
+            'route="/v1/models/{model_id}/predict",status="200"}'
+        )
+    ]
+    assert latency, "the lean path's requests are counted under the route's label"
