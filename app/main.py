@@ -16,6 +16,7 @@ from app.core.schemas import ErrorResponse
 from app.datasets.router import router as datasets_router
 from app.jobs.reconciler import Reconciler
 from app.jobs.router import router as jobs_router
+from app.predictions.fastpath import PredictFastPath
 from app.predictions.service import ModelCache
 from app.registry.router import router as models_router
 from app.storage.local import LocalStorage
@@ -76,6 +77,8 @@ def create_app() -> FastAPI:
     for router in (health_router, datasets_router, jobs_router, models_router, admin_router):
         app.include_router(router)
     web.install(app)  # the dashboard at / (a client of the routes above)
+    # Innermost: the hot predict request, under the body limit and the metrics.
+    app.add_middleware(PredictFastPath)
     # Multipart framing adds a little to the file itself.
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(RefuseNulPath)

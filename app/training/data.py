@@ -82,6 +82,7 @@ def _decode_all(dataset_dir: Path, samples: list[dict], image_size: int) -> torc
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as img:
+                    img.draft("RGB", (image_size, image_size))  # JPEG: as predict decodes
                     out[i] = pil_to_uint8(img, image_size)
         except (
             OSError,

@@ -9,6 +9,7 @@ run in the request, before batching) and `predict(inputs, top_k)`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import warnings
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from app.training import tabular, text
+from app.training import features, runtime, tabular, text
 from app.training.api import load_artifact
 from app.training.build import build_model
 from app.training.errors import InvalidInput
@@ -25,15 +26,26 @@ from app.training.presets import EvalPreset, pil_to_uint8
 
 log = logging.getLogger(__name__)
 
+# TorchScript (deprecated) stays a candidate only for predict, where it can still win at
+# batch 1; the trial decides.
+PREDICT_CANDIDATES = (runtime.ONNX, runtime.EAGER_CL, runtime.TORCHSCRIPT, runtime.EAGER)
 
-def decode_image(data: bytes) -> Image.Image:
+
+def decode_image(data: bytes, size: int | None = None) -> Image.Image:
     """Fully decoded RGB image, or InvalidInput for non-images, truncated files and
-    decompression bombs (more pixels than PIL's Image.MAX_IMAGE_PIXELS)."""
+    decompression bombs (more pixels than PIL's Image.MAX_IMAGE_PIXELS).
+
+    With `size` (the model's image size), a JPEG is decoded by libjpeg at the smallest
+    of 1/1, 1/2, 1/4, 1/8 scale that still covers size x size (PIL `draft`), as training
+    decodes it (data.py): a 12 Mpx photo for a 224 px model decodes ~8x faster, and the
+    whole stream is still read, so truncation is still caught."""
     try:
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x the limit; we refuse from 1x.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
+                if size and img.format == "JPEG":
+                    img.draft("RGB", (size, size))
                 img.load()  # decode now: truncation shows up here, not later
                 return img.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -56,8 +68,9 @@ class Predictor:
         self.model, self.classes, self.image_size = model, classes, image_size
         self.preset, self.device, self.batch_size = preset, device, batch_size
         # What predict runs on a uint8 batch: the preset then the eager model, or after
-        # optimise() one frozen graph of both.
+        # accelerate() the same on the fastest runtime (runtime.py).
         self.forward = _Normalised(model, preset)
+        self.runtime, self.runtime_info = runtime.EAGER, {"runtime": runtime.EAGER}
 
     @classmethod
     def load(cls, artifact_dir: Path, device: str = "cpu") -> Predictor:
@@ -79,32 +92,41 @@ class Predictor:
             device=dev,
         )
 
-    def optimise(self) -> Predictor:
-        """Serve a frozen TorchScript graph of the eval model: BatchNorm folded into the
-        convolutions and no Python per layer (on 2 CPU cores: ~1.9x faster at batch 1,
-        ~1.4x at batch 16). Kept only if it agrees with the eager model on a batch size
-        other than the one traced; otherwise predict stays eager."""
-        size, eager = self.image_size, self.forward
+    def accelerate(self, cache_dir: Path | None = None) -> Predictor:
+        """Serve the eval model (preset included) on the fastest runtime for its device
+        that agrees with eager to 1e-4 (runtime.prepare: ONNX Runtime, a frozen
+        TorchScript graph, eager channels_last or eager, chosen by a short trial that is
+        remembered per architecture and size). The ONNX file is kept in `cache_dir`
+        (the artifact's `runtime/` folder). Any failure leaves predict eager (logged)."""
+        size = self.image_size
+        gen = torch.Generator().manual_seed(0)
+
+        def batch(n: int) -> torch.Tensor:
+            x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+            return x.to(self.device)
+
+        cpu = self.device.type == "cpu"
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # TracerWarning, deprecation notices
-                example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
-                traced = torch.jit.trace(eager, example.to(self.device))
-                graph = torch.jit.freeze(traced.eval())
-                probe = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)
-                expected, got = eager(probe.to(self.device)), graph(probe.to(self.device))
-            if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-3):
-                raise ValueError(f"traced output differs by {(got - expected).abs().max():.2e}")
-        except Exception as exc:  # noqa: BLE001 - any tracing failure: stay eager
-            log.warning("predict runs the eager model: tracing failed (%s)", exc)
+            runner = runtime.prepare(
+                self.forward,
+                example=batch(2),
+                check=batch(3),  # a batch size other than the export's
+                trial=batch(8),
+                device=self.device,
+                candidates=PREDICT_CANDIDATES if cpu else (runtime.EAGER,),
+                cache_dir=cache_dir,
+                salt=features.preset_key(self.preset),
+            )
+        except Exception as exc:  # noqa: BLE001 - never fail a load over a speed-up
+            log.warning("predict runs the eager model: runtime choice failed (%s)", exc)
             return self
-        self.forward = graph
+        self.forward, self.runtime, self.runtime_info = runner, runner.name, runner.info
         return self
 
     def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N,3,S,S) at image_size -> class probabilities (N, C) on the CPU."""
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), _amp(self.device):
             for chunk in batch.split(self.batch_size):
                 out.append(self.forward(chunk.to(self.device)).float().softmax(1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
@@ -129,6 +151,13 @@ class Predictor:
         return rank(self.predict_tensor(torch.stack(inputs)), self.classes, top_k)
 
 
+def _amp(device: torch.device):
+    """bf16 autocast on CUDA, as training evaluates; nothing on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 class _Normalised(torch.nn.Module):
     """uint8 images -> the eval preset -> the model's logits, as one module to trace."""
 
@@ -142,6 +171,8 @@ class _Normalised(torch.nn.Module):
 
 def rank(probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict]:
     """Class probabilities (N, C) -> [{label, score, top_k: [{label, score}]}]."""
+    if not bool(torch.isfinite(probs).all()):  # never a NaN score in a response
+        raise InvalidInput("the model's output is not finite for these inputs")
     k = max(1, min(top_k, len(classes)))
     scores, idx = probs.topk(k, dim=1)
     out = []
@@ -191,6 +222,11 @@ class TextPredictor(_TensorPredictor):
         return self.tokenizer(inputs)
 
 
+# A standard-scaled feature further than this from the training mean is refused: the
+# model's output would overflow toward inf, and its scores to NaN.
+MAX_Z = 1e6
+
+
 class TabularPredictor(_TensorPredictor):
     task = tabular.TASK
 
@@ -200,8 +236,50 @@ class TabularPredictor(_TensorPredictor):
         self.columns = [f["column"] for f in preprocessing["features"]]
 
     def check(self, inputs: list) -> list:
-        """Rows are encoded here (in the request): errors name the row and column."""
-        return list(tabular.encode_rows(self.preprocessing, inputs, strict=True))
+        """Rows are encoded here (in the request): errors name the row and column. Values
+        must encode to finite numbers within MAX_Z standard deviations of the training
+        mean, so the model's output is always finite (no NaN score)."""
+        self._precheck(inputs)
+        encoded = tabular.encode_rows(self.preprocessing, inputs, strict=True)
+        bad = ~(torch.isfinite(encoded) & (encoded.abs() <= MAX_Z))
+        if bad.any():
+            i, j = (int(v) for v in bad.nonzero()[0])
+            raise InvalidInput(
+                f"inputs[{i}].{self._column_of(j)}: too far from the training data "
+                f"(more than {MAX_Z:.0e} standard deviations from its mean)"
+            )
+        return list(encoded)
+
+    def _precheck(self, inputs: list) -> None:
+        """What encode_rows would choke on: containers as values (whose repr could
+        recurse), integers too large for a float."""
+        for i, row in enumerate(inputs):
+            if not isinstance(row, dict):
+                continue  # encode_rows names it
+            for col in self.columns:
+                v = row.get(col)
+                if isinstance(v, list | dict):
+                    raise InvalidInput(
+                        f"inputs[{i}].{col}: expected a number, a string or null, "
+                        f"got {type(v).__name__}"
+                    )
+                if isinstance(v, int) and not isinstance(v, bool):
+                    try:
+                        float(v)
+                    except OverflowError:
+                        raise InvalidInput(
+                            f"inputs[{i}].{col}: integer too large ({len(str(abs(v)))} digits)"
+                        ) from None
+
+    def _column_of(self, j: int) -> str:
+        """The feature column that encoded column j belongs to."""
+        start = 0
+        for f in self.preprocessing["features"]:
+            width = len(f["categories"]) if f["type"] != "numeric" else 1 + f["indicator"]
+            if j < start + width:
+                return f["column"]
+            start += width
+        return "?"
 
     def encode(self, inputs: list) -> torch.Tensor:
         return torch.stack(inputs)
@@ -214,7 +292,8 @@ def load_predictor(
     config, state = load_artifact(artifact_dir)
     task = config.get("task", "image_classification")
     if task == "image_classification":
-        return Predictor.load(artifact_dir, device=device).optimise()
+        predictor = Predictor.load(artifact_dir, device=device)
+        return predictor.accelerate(Path(artifact_dir) / "runtime")
     model = build_model(
         base_model=config["architecture"],
         num_classes=config["num_classes"],

@@ -52,6 +52,7 @@ from app.training.freeze import (
 from app.training.optim import create_optimizer, create_scheduler
 from app.training.presets import EvalPreset, TrainPreset
 from app.training.probe import fit_probe
+from app.training.runtime import train_channels_last
 from app.training.schedule import EpochPlan, frozen_level
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,9 @@ def fit(
     cuda = device.type == "cuda"
     ckpt.seed_everything(o.seed)
     image = o.modality == "image"
-    channels_last = cuda and image
+    shape = (min(o.batch_size, 16), 3, o.image_size, o.image_size)
+    work = len(data.train) * len(plans)  # channels_last where it measures faster (runtime.py)
+    channels_last = image and train_channels_last(model, shape, device=device, work=work)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # faster convs with cuDNN
@@ -250,6 +253,7 @@ def fit(
     # ---- frozen-feature cache (features.py), else raw images through the whole model
     level = -1 if (o.augment and image) else frozen_level(plans, num_blocks)
     splits = [data.train, data.val] + ([data.test] if evaluate_test else [])
+    feature_runtime: dict = {}  # which runtime ran the frozen pass (runtime.py)
     names = ["train", "val", "test"]
 
     def frozen_features(at: int, parts: list) -> list[torch.Tensor] | None:
@@ -267,6 +271,7 @@ def fit(
                 check_stop=check_stop,
                 amp=amp,
                 channels_last=channels_last,
+                info=feature_runtime,
             )
 
         return cached(
@@ -539,6 +544,10 @@ def fit(
             # The training steps alone (no validation), for throughput: len(train) / this.
             report["train_seconds"] = train_seconds
             report["train_samples"] = seen
+            stored = feature_runtime.get("runtime", "stored")  # no pass ran: read from disk
+            report["runtime"] = (features is not None and stored) or (
+                "eager_channels_last" if channels_last else "eager"
+            )
             history.append(report)
             stopped = (
                 o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
