@@ -1,8 +1,9 @@
 """The engine's entry point: `train(config=..., dataset_dir=..., ...)` -> TrainResult.
 
 The worker turns a JobSpec into a TrainConfig and calls `train`; nothing here knows
-about HTTP, Celery or the database. The base model's task (image, text or tabular
-classification) picks the data loader and what the artifact carries; the loop is one.
+about HTTP, Celery or the database. The dataset's task (tasks.py: a modality and a
+kind) picks the data loader and what the artifact carries (LOADERS / ARTIFACT_FIELDS,
+by modality) and the head, loss, score, probe and metrics (its kind); the loop is one.
 Calling `train` again with the same `work_dir` resumes from the last epoch checkpoint.
 """
 
@@ -30,12 +31,12 @@ from app.training.build import (
 )
 from app.training.data import load_dataset
 from app.training.errors import DatasetError, InvalidConfig
-from app.training.evaluate import classification_metrics
 from app.training.feature_store import FeatureStore
 from app.training.freeze import default_train_bn
 from app.training.loop import LoopOptions, fit, resolve_device
 from app.training.optim import OPTIMIZERS, SCHEDULERS
 from app.training.schedule import STRATEGIES, plan_schedule
+from app.training.tasks import Kind, Modality, Task, get_task
 
 ARTIFACT_FORMAT = 1
 
@@ -106,6 +107,7 @@ class TrainConfig:
     probe: bool = True  # start from the exact linear probe (the whole job when head-only)
     refit: bool = True  # a probe-only job refits its head on train + val with the chosen C
     max_length: int = text.DEFAULT_MAX_LENGTH  # text: tokens per input (longer is truncated)
+    loss: str | None = None  # regression: null (MSE) or "huber"
 
 
 @dataclass
@@ -154,6 +156,7 @@ def validate_config(config: TrainConfig) -> None:
             "null or positive",
         ),
         (8 <= config.max_length <= text.POSITIONS, "max_length", f"in [8, {text.POSITIONS}]"),
+        (config.loss in LOSSES, "loss", "null, 'mse' or 'huber' (regression only)"),
     ]
     for ok, field, need in checks:
         if not ok:
@@ -204,39 +207,32 @@ def train(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     task = _dataset_task(dataset_dir)
-    if task != spec.task:
+    if task.base_task != spec.task:
         raise InvalidConfig(
-            f"base_model {config.base_model!r} is for {spec.task}; the dataset is {task}",
+            f"base_model {config.base_model!r} is for {spec.task.split('_')[0]} data; "
+            f"the dataset is {task.name}",
             field="base_model",
         )
-    num_inputs = None
-    if task == text.TASK:
-        data = text.load_text_dataset(
-            dataset_dir,
-            max_length=config.max_length,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
+    if config.loss not in (None, "mse") and task.kind != Kind.REGRESSION:
+        raise InvalidConfig(f"loss {config.loss!r} is for regression tasks only", field="loss")
+    data = LOADERS[task.modality](
+        dataset_dir, config=config, cache_dir=cache_dir, init_config=init_config, task=task
+    )
+    num_inputs = data.meta["preprocessing"]["width"] if task.modality == Modality.TABULAR else None
+    if num_inputs is not None and init_state is not None:
+        _check_tabular_init(init_state, num_inputs)
+    head_size = task.head_size(data.classes)
+    if (
+        init_state is not None
+        and init_config
+        and (
+            init_config.get("classes") != data.classes
+            or get_task(init_config.get("task")).kind != task.kind
+            or init_config.get("num_classes") != head_size
         )
-    elif task == tabular.TASK:
-        data = tabular.load_tabular_dataset(
-            dataset_dir,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-            preprocessing=(init_config or {}).get("preprocessing"),
-        )
-        num_inputs = data.meta["preprocessing"]["width"]
-        if init_state is not None:
-            _check_tabular_init(init_state, num_inputs)
-    else:
-        data = load_dataset(
-            dataset_dir,
-            image_size=config.image_size,
-            cache_dir=cache_dir,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-        )
-    if init_state is not None and init_config and init_config.get("classes") != data.classes:
-        # Other classes (even as many): the parent's head means nothing here; a fresh one.
+    ):
+        # Other classes or another kind (even as many outputs): the parent's head means
+        # nothing here; a fresh one.
         init_state = {k: v for k, v in init_state.items() if not k.startswith("head.")}
     epochs = config.epochs or default_epochs(
         train_size=len(data.train), batch_size=config.batch_size, has_weights=has_weights
@@ -245,7 +241,7 @@ def train(
     if config.epochs is None and patience is not None:
         patience *= max(1, epochs // DEFAULT_EPOCHS)  # patience stretches with the floor
     store = None
-    if task != tabular.TASK:  # tabular features cost less to compute than to store
+    if task.modality != Modality.TABULAR:  # tabular features cost less to compute than to store
         dir_ = Path(feature_dir) if feature_dir else work_dir / "features"
         if feature_dir or requested == "auto":
             store = FeatureStore(directory=dir_, data_key=_data_key(dataset_dir, config))
@@ -263,15 +259,17 @@ def train(
         device=config.device,
         label_smoothing=config.label_smoothing,
         class_weights=config.class_weights,
-        modality=_MODALITY[task],
+        modality=str(task.modality),
         probe=config.probe,
         refit=config.refit,
+        task=str(task.name),
+        loss=config.loss,
     )
 
     def make_model() -> TransferModel:
         return build_model(
             base_model=config.base_model,
-            num_classes=len(data.classes),
+            num_classes=head_size,
             pretrained=config.pretrained,
             state_dict=init_state,
             seed=config.seed,
@@ -296,6 +294,9 @@ def train(
             on_epoch=on_epoch,
             should_stop=should_stop,
         )
+        name = task.objective_class.score_name
+        for entry in leaderboard:  # also under the score's own name (val_accuracy, ...)
+            entry[f"val_{name}"] = entry["val_score"]
         best = leaderboard[0]
         best["chosen"] = True
         strategy, trainable_blocks = best["strategy"], best["trainable_blocks"]
@@ -336,19 +337,24 @@ def train(
         base_model=config.base_model,
         classes=data.classes,
         image_size=config.image_size,
-        task=task,
+        task=str(task.name),
         meta=getattr(data, "meta", {}),
         max_length=config.max_length,
+        extra=result.extra,
     )
     assert result.test_pred is not None
+    objective = task.objective(
+        classes=data.classes, train_targets=data.train.labels, options=options
+    )
+    extra = result.extra or {}
     return TrainResult(
         artifact_dir=artifact_dir,
         classes=data.classes,
-        metrics=classification_metrics(data.test.labels, result.test_pred, data.classes),
+        metrics=objective.metrics(result.test_pred, data.test.labels, extra),
         history=result.history,
         best_epoch=result.best_epoch,
         leaderboard=leaderboard,
-        val_metrics=classification_metrics(data.val.labels, result.val_pred, data.classes),
+        val_metrics=objective.metrics(result.val_pred, data.val.labels, extra),
         strategy=strategy,
         epochs=epochs,
     )
@@ -364,10 +370,12 @@ def save_artifact(
     task: str = "image_classification",
     meta: dict | None = None,
     max_length: int = text.DEFAULT_MAX_LENGTH,
+    extra: dict | None = None,
 ) -> Path:
     """model.safetensors + config.json: everything inference needs, with no base-weights
     package (a text model gets a copy of its tokenizer files, a tabular model its
-    preprocessing in config.json). Written to a sibling temp dir then renamed, so a
+    preprocessing in config.json; a multi-label model its thresholds, a regression its
+    target's mean and std: `extra`, from the task). Written to a sibling temp dir then renamed, so a
     reader never sees half."""
     spec = get_base_model(base_model)
     meta = meta or {}
@@ -382,21 +390,15 @@ def save_artifact(
         "task": task,
         "architecture": base_model,
         "base_model": base_model,
-        "num_classes": len(classes),
+        "num_classes": get_task(task).head_size(classes),
         "classes": classes,
+        **(extra or {}),
     }
-    if task == text.TASK:
-        meta["tokenizer"].copy_to(tmp / "tokenizer")
-        config.update(max_length=max_length, tokenizer="tokenizer")
-    elif task == tabular.TASK:
-        config.update(
-            num_inputs=meta["preprocessing"]["width"], preprocessing=meta["preprocessing"]
+    config.update(
+        ARTIFACT_FIELDS[get_task(task).modality](
+            tmp, spec=spec, meta=meta, image_size=image_size, max_length=max_length
         )
-    else:
-        config.update(
-            image_size=image_size,
-            normalisation={"mean": list(spec.mean), "std": list(spec.std)},
-        )
+    )
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if artifact_dir.exists():
         shutil.rmtree(artifact_dir)
@@ -412,7 +414,67 @@ def load_artifact(artifact_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, load_file(artifact_dir / "model.safetensors")
 
 
-_MODALITY = {"image_classification": "image", text.TASK: "text", tabular.TASK: "tabular"}
+LOSSES = (None, "mse", "huber")
+
+
+def _load_image(dataset_dir: Path, *, config: TrainConfig, cache_dir: Path, init_config, task):
+    return load_dataset(
+        dataset_dir,
+        image_size=config.image_size,
+        cache_dir=cache_dir,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        task=str(task.name),
+    )
+
+
+def _load_text(dataset_dir: Path, *, config: TrainConfig, cache_dir: Path, init_config, task):
+    return text.load_text_dataset(
+        dataset_dir,
+        max_length=config.max_length,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        task=str(task.name),
+    )
+
+
+def _load_tabular(dataset_dir: Path, *, config: TrainConfig, cache_dir: Path, init_config, task):
+    return tabular.load_tabular_dataset(
+        dataset_dir,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        preprocessing=(init_config or {}).get("preprocessing"),
+        task=str(task.name),
+    )
+
+
+# Per modality: the loader (-> ImageData / TensorData with the task's targets) and what
+# config.json carries for inference beside the weights.
+LOADERS = {Modality.IMAGE: _load_image, Modality.TEXT: _load_text, Modality.TABULAR: _load_tabular}
+
+
+def _image_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
+    return {
+        "image_size": image_size,
+        "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
+    }
+
+
+def _text_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
+    meta["tokenizer"].copy_to(tmp / "tokenizer")
+    return {"max_length": max_length, "tokenizer": "tokenizer"}
+
+
+def _tabular_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
+    pre = meta["preprocessing"]
+    return {"num_inputs": pre["width"], "preprocessing": pre}
+
+
+ARTIFACT_FIELDS = {
+    Modality.IMAGE: _image_fields,
+    Modality.TEXT: _text_fields,
+    Modality.TABULAR: _tabular_fields,
+}
 
 
 def _data_key(dataset_dir: Path, config: TrainConfig) -> str:
@@ -429,15 +491,12 @@ def _data_key(dataset_dir: Path, config: TrainConfig) -> str:
     return json.dumps(parts, sort_keys=True)
 
 
-def _dataset_task(dataset_dir: Path) -> str:
+def _dataset_task(dataset_dir: Path) -> Task:
     try:
         manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
     except (OSError, ValueError) as e:
         raise DatasetError(f"cannot read dataset manifest in {dataset_dir}: {e}") from e
-    task = manifest.get("task", "image_classification")
-    if task not in _MODALITY:
-        raise DatasetError(f"unknown dataset task {task!r}")
-    return task
+    return get_task(manifest.get("task", "image_classification"))
 
 
 def _check_tabular_init(state: dict[str, torch.Tensor], num_inputs: int) -> None:

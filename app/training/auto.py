@@ -60,7 +60,7 @@ PROBE = {"strategy": "partial", "trainable_blocks": 0, "learning_rate": None}
 
 def _rank(entry: dict) -> tuple[float, float, int]:
     # Ties (a candidate that never beat its starting probe) go to the cheaper model.
-    return (-entry["val_accuracy"], entry["val_loss"], entry["trainable_params"])
+    return (-entry["val_score"], entry["val_loss"], entry["trainable_params"])
 
 
 def _write(path: Path, entry: dict) -> None:
@@ -86,8 +86,8 @@ def search(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> list[dict]:
     """Leaderboard entries, best first: {strategy, trainable_blocks, learning_rate,
-    val_accuracy, val_loss, seconds, trainable_params, epochs, rung}; the probe's entry
-    has `"stage": "probe"` and no learning rate."""
+    val_score (the task's: accuracy, mAP, R²), val_loss, seconds, trainable_params,
+    epochs, rung}; the probe's entry has `"stage": "probe"` and no learning rate."""
     work_dir = Path(work_dir)
     options = replace(options, early_stopping_patience=None, probe=True)
     spent = 0.0
@@ -133,7 +133,7 @@ def search(
         assert state is not None
         history = state["history"]
         return {
-            "best": {k: state["best"][k] for k in ("val_accuracy", "val_loss", "epoch")},
+            "best": {k: state["best"][k] for k in ("val_score", "val_loss", "epoch")},
             "epochs": state["epoch"],
             "probe": history[0],
             "trainable_params": max(h["trainable_params"] for h in history),
@@ -151,7 +151,7 @@ def search(
         probe = {
             **PROBE,
             "stage": "probe",
-            "val_accuracy": first["val_accuracy"],
+            "val_score": first["val_score"],
             "val_loss": first["val_loss"],
             "C": first.get("C"),
             "epochs": 0,
@@ -189,7 +189,7 @@ def search(
                 best = out["best"]  # the best epoch so far, the probe (0) included
                 entry = {
                     **cands[i],
-                    "val_accuracy": best["val_accuracy"],
+                    "val_score": best["val_score"],
                     "val_loss": best["val_loss"],
                     "best_epoch": best["epoch"],
                     "epochs": out["epochs"],

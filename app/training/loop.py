@@ -1,7 +1,8 @@
 """The one training loop. Strategies reach it only as a list of EpochPlans.
 
 Per epoch: apply the plan (freeze/unfreeze, BN modes, new optimizer groups), train,
-validate, keep the best weights (val accuracy, ties broken by lower val loss), write an
+validate, keep the best weights (the task's val score: accuracy, mAP or R², ties
+broken by lower val loss; the loss, score and probe come from the task, tasks.py), write an
 atomic checkpoint, report, and stop early when patience runs out. A checkpoint found in
 `work_dir` at start is resumed; with the same seed the result matches an uninterrupted
 run exactly on the CPU.
@@ -26,13 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from app.training import checkpoint as ckpt
@@ -51,9 +52,9 @@ from app.training.freeze import (
 )
 from app.training.optim import create_optimizer, create_scheduler
 from app.training.presets import EvalPreset, TrainPreset
-from app.training.probe import fit_probe
 from app.training.runtime import train_channels_last
 from app.training.schedule import EpochPlan, frozen_level
+from app.training.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class LoopOptions:
     modality: str = "image"  # "text" / "tabular": inputs need no preset (see above)
     probe: bool = False  # fit the head exactly first (see above)
     refit: bool = False  # a probe-only job: refit its head on train + val (see fit)
+    task: str = "image_classification"  # its kind supplies loss, score, probe (tasks.py)
+    loss: str | None = None  # regression: "huber" instead of MSE
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -89,11 +92,12 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 class FitResult:
     history: list[dict]
     best_epoch: int  # 1-based, as in the reports
-    best_val_accuracy: float
+    best_val_score: float  # the task's validation score (accuracy, mAP, R²)
     best_val_loss: float
-    val_pred: torch.Tensor
+    val_pred: torch.Tensor  # the task's outputs (classes, per-label scores, values)
     test_pred: torch.Tensor | None
     feature_level: int  # -1 when no frozen-feature cache was used
+    extra: dict | None = None  # what the task fitted for the artifact (thresholds, target)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -178,7 +182,8 @@ def _epoch_report(
     model: TransferModel,
     train_loss: float,
     val_loss: float,
-    val_accuracy: float,
+    val_score: float,
+    score_name: str,
     epoch_seconds: list[float],
 ) -> dict:
     """The on_epoch payload; ETA from the mean epoch time so far."""
@@ -188,7 +193,8 @@ def _epoch_report(
         "epochs": len(plans),
         "train_loss": train_loss,
         "val_loss": val_loss,
-        "val_accuracy": val_accuracy,
+        "val_score": val_score,
+        f"val_{score_name}": val_score,
         "seconds": epoch_seconds[-1],
         "eta_seconds": (len(plans) - epoch - 1) * sum(epoch_seconds) / len(epoch_seconds),
         "schedule": [
@@ -338,24 +344,24 @@ def fit(
         return got[0], got[1]
 
     def predict(inp: _Inputs) -> tuple[torch.Tensor, float]:
-        """(predicted classes, mean plain cross-entropy) with the whole model in eval."""
+        """(the task's outputs, mean plain loss) with the whole model in eval."""
         model.eval()
         preds, loss_sum = [], 0.0
         with torch.inference_mode(), amp:
             for b in _batches(len(inp), o.eval_batch_size):
                 logits = logits_of(inp, b, train=False).float()
                 y = inp.labels[b].to(device)
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-                preds.append(logits.argmax(1).cpu())
+                loss_sum += objective.eval_loss(logits, y)
+                preds.append(objective.outputs(logits).cpu())
         return torch.cat(preds), loss_sum / max(1, len(inp))
 
-    # ---- loss
-    weight = None
-    if o.class_weights == "auto":
-        counts = torch.bincount(data.train.labels, minlength=len(data.classes)).float()
-        weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
-    elif o.class_weights is not None:
+    # ---- the task: loss, outputs, validation score, probe (tasks.py)
+    if o.class_weights not in (None, "auto"):
         raise InvalidConfig("class_weights must be null or 'auto'", field="class_weights")
+    objective = get_task(o.task).objective(
+        classes=data.classes, train_targets=data.train.labels, options=o
+    )
+    score_name = objective.score_name
 
     # ---- optimizer, scheduler, and (maybe) the state to resume from
     optimizer = create_optimizer(
@@ -385,7 +391,7 @@ def fit(
     path = Path(work_dir) / ckpt.CHECKPOINT_NAME
     state = ckpt.load_checkpoint(path)
     start, step, history = 0, 0, []
-    best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf"), "state": trainable_state()}
+    best = {"epoch": 0, "val_score": -math.inf, "val_loss": math.inf, "state": trainable_state()}
     bad_epochs = 0
     if state is not None:
         if state["fingerprint"] != fingerprint:
@@ -435,32 +441,21 @@ def fit(
         check_stop()
         t0 = time.perf_counter()
         tx, vx = probe_features()
-        fitted = fit_probe(
-            tx,
-            data.train.labels,
-            vx,
-            data.val.labels,
-            num_classes=len(data.classes),
-            weight=weight,
-            label_smoothing=o.label_smoothing,
-            seed=o.seed,
-        )
+        fitted = objective.probe(tx, data.train.labels, vx, data.val.labels, seed=o.seed)
         _set_head(model, fitted.weight, fitted.bias)
         if probe_only and o.refit:
-            both = fit_probe(
+            both = objective.probe(
                 torch.cat([tx, vx]),
                 torch.cat([data.train.labels, data.val.labels]),
                 vx,
                 data.val.labels,
-                num_classes=len(data.classes),
-                weight=weight,
-                label_smoothing=o.label_smoothing,
+                seed=o.seed,
                 grid=(fitted.C,),
             )
             refit_head = {"weight": both.weight, "bias": both.bias}
         best = {
             "epoch": 0,
-            "val_accuracy": fitted.val_accuracy,
+            "val_score": fitted.val_score,
             "val_loss": fitted.val_loss,
             "state": trainable_state(),
         }
@@ -470,7 +465,8 @@ def fit(
             "stage": "probe",
             "train_loss": fitted.objective,
             "val_loss": fitted.val_loss,
-            "val_accuracy": fitted.val_accuracy,
+            "val_score": fitted.val_score,
+            f"val_{score_name}": fitted.val_score,
             "seconds": time.perf_counter() - t0,
             "eta_seconds": None,
             "C": fitted.C,
@@ -506,9 +502,7 @@ def fit(
                 y = to_device(train_in.labels[b])
                 with amp:
                     logits = logits_of(train_in, b, train=True)
-                loss = F.cross_entropy(
-                    logits.float(), y, weight=weight, label_smoothing=o.label_smoothing
-                )
+                loss = objective.loss(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -518,12 +512,12 @@ def fit(
 
             train_seconds = time.perf_counter() - t0
             epoch_pred, val_loss = predict(val_in)
-            val_acc = float((epoch_pred == val_in.labels).float().mean())
-            # Ties in accuracy (common on small val sets) go to the lower loss.
-            if (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"]):
+            val_score = objective.score(epoch_pred, val_in.labels)
+            # Ties in the score (common on small val sets) go to the lower loss.
+            if (val_score, -val_loss) > (best["val_score"], -best["val_loss"]):
                 best = {
                     "epoch": epoch + 1,
-                    "val_accuracy": val_acc,
+                    "val_score": val_score,
                     "val_loss": val_loss,
                     "state": trainable_state(),
                 }
@@ -538,7 +532,8 @@ def fit(
                 model=model,
                 train_loss=loss_sum / max(1, seen),
                 val_loss=val_loss,
-                val_accuracy=val_acc,
+                val_score=val_score,
+                score_name=score_name,
                 epoch_seconds=epoch_seconds,
             )
             # The training steps alone (no validation), for throughput: len(train) / this.
@@ -562,15 +557,17 @@ def fit(
 
     load_trainable_state(best["state"])
     val_pred, _ = predict(val_in)
+    extra = objective.finish(val_pred, val_in.labels)  # from the validated head, not a refit
     if refit_head is not None:
         _set_head(model, refit_head["weight"], refit_head["bias"])
     test_pred = predict(test_in)[0] if test_in is not None else None
     return FitResult(
         history=history,
         best_epoch=best["epoch"],
-        best_val_accuracy=best["val_accuracy"],
+        best_val_score=best["val_score"],
         best_val_loss=best["val_loss"],
         val_pred=val_pred,
         test_pred=test_pred,
         feature_level=level,
+        extra=extra,
     )
