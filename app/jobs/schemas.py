@@ -59,6 +59,9 @@ class JobSpec(BaseModel):
     max_length: int = Field(
         128, ge=8, le=512, description="text: tokens per input; longer texts are truncated"
     )
+    loss: Literal["mse", "huber"] | None = Field(
+        None, description="regression: mean squared error (null, the default) or Huber"
+    )
 
     @field_validator("base_model")
     @classmethod

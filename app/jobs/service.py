@@ -20,6 +20,7 @@ from app.registry import base_models
 from app.registry.models import Model
 from app.training import api as training
 from app.training.errors import EngineError
+from app.training.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,16 @@ def add_event(session: Session, job_id: str, type_: str, **data) -> None:
 
 
 def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: str) -> dict:
-    """Refuse a job whose base model is unknown, absent, or of another task (422 / 404)."""
+    """Refuse a job whose base model is unknown, absent, or of another modality (422 /
+    404). A model trained here on another kind of task of the same modality is a fine
+    start: its backbone carries over, its head is replaced (training/api.py)."""
+    base_task = get_task(task).base_task
     if spec.base_model.startswith("model:"):
         model_id = spec.base_model.removeprefix("model:")
         parent = session.get(Model, model_id)
         if parent is None or parent.owner_id != owner.id:
             raise NotFound(f"base_model: model {model_id!r} not found")
-        if parent.task != task:
+        if get_task(parent.task).modality != get_task(task).modality:
             raise Invalid(
                 f"base_model: model {model_id!r} is a {parent.task} model; the dataset is {task}",
                 code="task_mismatch",
@@ -55,7 +59,7 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
             owner=owner,
             upload_id=spec.base_model.removeprefix(base_models.UPLOAD_PREFIX),
         )
-        if upload.task != task:
+        if upload.task != base_task:
             raise Invalid(
                 f"base_model: {spec.base_model!r} is {upload.architecture} weights for "
                 f"{upload.task}; the dataset is {task}",
@@ -63,7 +67,7 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
             )
         return {"upload_id": upload.id, "architecture": upload.architecture}
     info = base_models.check(name=spec.base_model, pretrained=spec.pretrained)
-    if info["task"] != task:
+    if info["task"] != base_task:
         raise Invalid(
             f"base_model: {spec.base_model!r} is for {info['task']}; the dataset is {task}",
             code="task_mismatch",

@@ -109,7 +109,7 @@ class PredictFastPath:
             owner is None
             or info is None
             or info.owner_id != owner.id
-            or info.task != "image_classification"
+            or not info.task.startswith("image_")  # any image task (tasks.TASKS)
             or not ctype.startswith(b"multipart/form-data")
         ):
             return await self.app(scope, receive, send)

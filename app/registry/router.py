@@ -27,6 +27,7 @@ from app.storage.local import LocalStorage
 from app.training.errors import EngineError
 from app.training.export import export
 from app.training.inference import decode_image
+from app.training.tasks import Modality, get_task
 
 router = APIRouter(tags=["models"], route_class=Route)
 
@@ -144,7 +145,7 @@ async def predict(model_id: str, request: Request, owner: CurrentOwner, settings
     if info is None or info.owner_id != owner.id:
         raise NotFound(f"model {model_id!r} not found")
     content_type = request.headers.get("content-type", "")
-    image = info.task == "image_classification"
+    image = get_task(info.task).modality == Modality.IMAGE
     body = None
     # The content type is checked before a first request loads the model.
     if not image:
@@ -233,7 +234,7 @@ async def _batcher(models: ModelCache, settings: Settings, model_id: str) -> Bat
 
 async def _json_body(request: Request, content_type: str, task: str) -> dict:
     """{"inputs": [...], "top_k"?} of a text or tabular predict request, or a 4xx."""
-    kind = "strings" if task == "text_classification" else "objects {column: value}"
+    kind = "strings" if get_task(task).modality == Modality.TEXT else "objects {column: value}"
     if not content_type.startswith("application/json"):
         raise ApiError(
             f'a {task} model takes application/json {{"inputs": [{kind}]}}',

@@ -4,7 +4,9 @@
 (`Predictor`), text (`TextPredictor`, with the tokenizer copied into the artifact) or
 tabular (`TabularPredictor`, with the preprocessing from config.json). Each has
 `check(inputs)` (validate a request's inputs, raising InvalidInput naming the problem;
-run in the request, before batching) and `predict(inputs, top_k)`.
+run in the request, before batching) and `predict(inputs, top_k)`. What predict returns
+per input comes from the task's kind (tasks.OUTPUTS): {label, score, top_k} for a
+classification, {labels, top_k} for multi-label, {value} for regression.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from app.training.api import load_artifact
 from app.training.build import build_model
 from app.training.errors import InvalidInput
 from app.training.presets import EvalPreset, pil_to_uint8
+from app.training.tasks import Modality, get_task
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,20 @@ def decode_image(data: bytes, size: int | None = None) -> Image.Image:
         raise InvalidInput(f"not a readable image: {e}") from e
 
 
-class Predictor:
+class _TaskOutput:
+    """The task's output (tasks.OUTPUTS): the layer after the logits (softmax, sigmoid,
+    de-standardisation) and the response objects built from it."""
+
+    device: torch.device
+
+    def _set_task(self, config: dict) -> None:
+        self.config = config
+        self.task = str(get_task(config.get("task")).name)
+        self.output = get_task(self.task).output
+        self.output_layer = self.output.layer(config).to(self.device)
+
+
+class Predictor(_TaskOutput):
     def __init__(
         self,
         *,
@@ -64,9 +80,11 @@ class Predictor:
         preset: EvalPreset,
         device: torch.device,
         batch_size: int = 64,
+        config: dict | None = None,
     ):
         self.model, self.classes, self.image_size = model, classes, image_size
         self.preset, self.device, self.batch_size = preset, device, batch_size
+        self._set_task(config or {"classes": classes})
         # What predict runs on a uint8 batch: the preset then the eager model, or after
         # accelerate() the same on the fastest runtime (runtime.py).
         self.forward = _Normalised(model, preset)
@@ -90,6 +108,7 @@ class Predictor:
             image_size=config["image_size"],
             preset=EvalPreset(mean=norm["mean"], std=norm["std"]),
             device=dev,
+            config=config,
         )
 
     def accelerate(self, cache_dir: Path | None = None) -> Predictor:
@@ -124,18 +143,19 @@ class Predictor:
         return self
 
     def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (N,3,S,S) at image_size -> class probabilities (N, C) on the CPU."""
+        """uint8 (N,3,S,S) at image_size -> the task's outputs (N, head) on the CPU:
+        class probabilities, per-label scores or values."""
         out = []
         with torch.inference_mode(), _amp(self.device):
             for chunk in batch.split(self.batch_size):
-                out.append(self.forward(chunk.to(self.device)).float().softmax(1).cpu())
-        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+                logits = self.forward(chunk.to(self.device)).float()
+                out.append(self.output_layer(logits).cpu())
+        head = self.config.get("num_classes", len(self.classes))
+        return torch.cat(out) if out else torch.empty(0, head)
 
     def predict_images(self, images: list[Image.Image], top_k: int = 1) -> list[dict]:
         """[{label, score, top_k: [{label, score}]}] in input order."""
         return self.predict(self.check(images), top_k)
-
-    task = "image_classification"
 
     def check(self, inputs: list) -> list[torch.Tensor]:
         """Decoded images -> uint8 (3, S, S) tensors at the model's size, as in training
@@ -148,7 +168,7 @@ class Predictor:
         """Inputs from check() -> [{label, score, top_k: [{label, score}]}] in order."""
         if not inputs:
             return []
-        return rank(self.predict_tensor(torch.stack(inputs)), self.classes, top_k)
+        return self.output.present(self.predict_tensor(torch.stack(inputs)), self.config, top_k)
 
 
 def _amp(device: torch.device):
@@ -182,13 +202,19 @@ def rank(probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict]:
     return out
 
 
-class _TensorPredictor:
+class _TensorPredictor(_TaskOutput):
     """Shared by text and tabular: encode the inputs to one tensor, forward in chunks."""
 
-    task = ""
-
-    def __init__(self, *, model: torch.nn.Module, classes: list[str], device: torch.device):
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        classes: list[str],
+        device: torch.device,
+        config: dict | None = None,
+    ):
         self.model, self.classes, self.device, self.batch_size = model, classes, device, 64
+        self._set_task(config or {"classes": classes})
 
     def encode(self, inputs: list) -> torch.Tensor:
         raise NotImplementedError
@@ -203,13 +229,12 @@ class _TensorPredictor:
         out = []
         with torch.inference_mode():
             for chunk in x.split(self.batch_size):
-                out.append(self.model(chunk.to(self.device)).float().softmax(1).cpu())
-        return rank(torch.cat(out), self.classes, top_k)
+                logits = self.model(chunk.to(self.device)).float()
+                out.append(self.output_layer(logits).cpu())
+        return self.output.present(torch.cat(out), self.config, top_k)
 
 
 class TextPredictor(_TensorPredictor):
-    task = text.TASK
-
     def __init__(self, *, tokenizer: text.TextTokenizer, **kw):
         super().__init__(**kw)
         self.tokenizer = tokenizer
@@ -228,8 +253,6 @@ MAX_Z = 1e6
 
 
 class TabularPredictor(_TensorPredictor):
-    task = tabular.TASK
-
     def __init__(self, *, preprocessing: dict, **kw):
         super().__init__(**kw)
         self.preprocessing = preprocessing
@@ -285,15 +308,12 @@ class TabularPredictor(_TensorPredictor):
         return torch.stack(inputs)
 
 
-def load_predictor(
-    artifact_dir: Path, device: str = "cpu"
-) -> Predictor | TextPredictor | TabularPredictor:
-    """The predictor for the artifact's task."""
-    config, state = load_artifact(artifact_dir)
-    task = config.get("task", "image_classification")
-    if task == "image_classification":
-        predictor = Predictor.load(artifact_dir, device=device)
-        return predictor.accelerate(Path(artifact_dir) / "runtime")
+def _load_image(artifact_dir: Path, config: dict, state: dict, device: str) -> Predictor:
+    predictor = Predictor.load(artifact_dir, device=device)
+    return predictor.accelerate(Path(artifact_dir) / "runtime")
+
+
+def _tensor_model(config: dict, state: dict, device: str) -> dict:
     model = build_model(
         base_model=config["architecture"],
         num_classes=config["num_classes"],
@@ -303,12 +323,32 @@ def load_predictor(
     )
     dev = torch.device(device)
     model.to(dev).eval()
-    common = {"model": model, "classes": config["classes"], "device": dev}
-    if task == text.TASK:
-        tokenizer = text.TextTokenizer(
-            Path(artifact_dir) / config["tokenizer"], config["max_length"]
-        )
-        return TextPredictor(tokenizer=tokenizer, **common)
-    if task == tabular.TASK:
-        return TabularPredictor(preprocessing=config["preprocessing"], **common)
-    raise InvalidInput(f"unknown model task {task!r}")
+    return {"model": model, "classes": config["classes"], "device": dev, "config": config}
+
+
+def _load_text(artifact_dir: Path, config: dict, state: dict, device: str) -> TextPredictor:
+    tokenizer = text.TextTokenizer(Path(artifact_dir) / config["tokenizer"], config["max_length"])
+    return TextPredictor(tokenizer=tokenizer, **_tensor_model(config, state, device))
+
+
+def _load_tabular(
+    artifact_dir: Path, config: dict, state: dict, device: str
+) -> TabularPredictor:
+    return TabularPredictor(
+        preprocessing=config["preprocessing"], **_tensor_model(config, state, device)
+    )
+
+
+LOADERS = {Modality.IMAGE: _load_image, Modality.TEXT: _load_text, Modality.TABULAR: _load_tabular}
+
+
+def load_predictor(
+    artifact_dir: Path, device: str = "cpu"
+) -> Predictor | TextPredictor | TabularPredictor:
+    """The predictor for the artifact's task (its modality's loader)."""
+    config, state = load_artifact(artifact_dir)
+    try:
+        task = get_task(config.get("task", "image_classification"))
+    except Exception:  # noqa: BLE001 - an artifact from elsewhere: name its task
+        raise InvalidInput(f"unknown model task {config.get('task')!r}") from None
+    return LOADERS[task.modality](artifact_dir, config, state, device)
