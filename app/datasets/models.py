@@ -21,3 +21,8 @@ class Dataset(Base):
     # Column names and feature types for CSV datasets.
     meta: Mapped[dict] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def targets(self) -> dict | None:
+        """The target summary of a regression or multi-label dataset (targets.py)."""
+        return (self.meta or {}).get("targets")

@@ -23,6 +23,9 @@ def create_dataset(
     task: Annotated[Task | None, Form()] = None,
     label_column: Annotated[str, Form(min_length=1, max_length=200), NoNul] = "label",
     text_column: Annotated[str, Form(min_length=1, max_length=200), NoNul] = "text",
+    label_separator: Annotated[
+        str, Form(min_length=1, max_length=1, description="multi-label: between labels"), NoNul
+    ] = "|",
 ):
     return service.create(
         session=session,
@@ -34,6 +37,7 @@ def create_dataset(
         task=task,
         label_column=label_column,
         text_column=text_column,
+        label_separator=label_separator,
     )
 
 

@@ -19,6 +19,12 @@ from app.datasets.ingest import (
     sniff_format,
 )
 from app.datasets.models import Dataset
+from app.datasets.targets import (
+    DEFAULT_SEPARATOR,
+    ingest_csv_targets,
+    ingest_labelled_archive,
+    is_target_task,
+)
 from app.jobs.models import Job
 from app.storage.local import LocalStorage, copy_bounded
 
@@ -27,15 +33,16 @@ ARCHIVE_FORMATS = {"zip", "tar"}
 
 def _resolve_task(fmt: str, task: str | None, text_column: str, csv_path: Path) -> str:
     if fmt in ARCHIVE_FORMATS:
-        if task not in (None, "image_classification"):
+        if task is not None and not task.startswith("image_"):
             raise Invalid(
                 f"task {task!r} needs a CSV file; an archive is an image dataset",
                 code="task_mismatch",
             )
-        return "image_classification"
-    if task == "image_classification":
+        return task or "image_classification"
+    if task is not None and task.startswith("image_"):
         raise Invalid(
-            "image_classification needs a ZIP or tar archive of class folders", code="task_mismatch"
+            f"{task} needs a ZIP or tar archive (of class folders, or with a labels.csv)",
+            code="task_mismatch",
         )
     if task:
         return task
@@ -58,6 +65,7 @@ def create(
     label_column: str,
     text_column: str,
     limits: Limits | None = None,
+    label_separator: str = DEFAULT_SEPARATOR,
 ) -> Dataset:
     """Ingest an uploaded archive or CSV into a new dataset; nothing is left behind on error."""
     dataset_id = new_id("ds")
@@ -71,7 +79,25 @@ def create(
             raise Invalid("the uploaded file is empty", code="empty_upload")
         fmt = sniff_format(scratch)
         task = _resolve_task(fmt, task, text_column, scratch)
-        if task == "image_classification":
+        if is_target_task(task) and fmt in ARCHIVE_FORMATS:  # multi-label / regression
+            manifest = ingest_labelled_archive(
+                archive_path=scratch,
+                dest_dir=partial,
+                task=task,
+                label_separator=label_separator,
+                limits=limits,
+            )
+        elif is_target_task(task):
+            manifest = ingest_csv_targets(
+                csv_path=scratch,
+                dest_dir=partial,
+                task=task,
+                label_column=label_column,
+                text_column=text_column,
+                label_separator=label_separator,
+                limits=limits,
+            )
+        elif task == "image_classification":
             manifest = ingest_image_archive(archive_path=scratch, dest_dir=partial, limits=limits)
         else:
             manifest = ingest_csv(
@@ -91,7 +117,7 @@ def create(
 
     meta = {
         k: manifest[k]
-        for k in ("columns", "feature_types", "label_column", "text_column")
+        for k in ("columns", "feature_types", "label_column", "text_column", "targets")
         if k in manifest
     }
     dataset = Dataset(

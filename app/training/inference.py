@@ -331,9 +331,7 @@ def _load_text(artifact_dir: Path, config: dict, state: dict, device: str) -> Te
     return TextPredictor(tokenizer=tokenizer, **_tensor_model(config, state, device))
 
 
-def _load_tabular(
-    artifact_dir: Path, config: dict, state: dict, device: str
-) -> TabularPredictor:
+def _load_tabular(artifact_dir: Path, config: dict, state: dict, device: str) -> TabularPredictor:
     return TabularPredictor(
         preprocessing=config["preprocessing"], **_tensor_model(config, state, device)
     )

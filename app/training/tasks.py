@@ -413,10 +413,11 @@ def fit_multilabel_probe(
     """One logistic regression per label (independent problems, solved together by
     full-batch L-BFGS on the summed BCE), C shared across labels and chosen by the
     validation BCE, as probe.py names strengths (lam = 1 / (C * N))."""
-    x = tx.detach().float().cpu()
-    y = ty.detach().float().cpu()
-    v = vx.detach().float().cpu()
-    vy = vy.detach().float().cpu()
+    # (Copies: features computed under inference_mode cannot enter autograd.)
+    x = tx.detach().float().cpu().clone()
+    y = ty.detach().float().cpu().clone()
+    v = vx.detach().float().cpu().clone()
+    vy = vy.detach().float().cpu().clone()
     mu = x.mean(0)
     sd = x.std(0).clamp(min=1e-6)
     xs, vs = (x - mu) / sd, (v - mu) / sd
@@ -446,12 +447,13 @@ def fit_multilabel_probe(
             loss.backward()
             return loss
 
-        opt.step(closure)
+        with torch.enable_grad():
+            opt.step(closure)
+            objective = float(closure())
         with torch.no_grad():
             vl = vs @ w.T + b
             val_loss = float(F.binary_cross_entropy_with_logits(vl, vy))
             val_score = float(np.mean(average_precision(torch.sigmoid(vl), vy)))
-            objective = float(closure())
         scores.append({"C": C, "val_loss": val_loss, "val_score": val_score})
         if best is None or val_loss < best[0]:
             best = (val_loss, val_score, C, w.detach().clone(), b.detach().clone(), objective)
