@@ -230,4 +230,9 @@ def _summary(result) -> dict:
         test_accuracy=result.metrics.get("accuracy"),
         test_macro_f1=result.metrics.get("macro_f1"),
     )
+    # The task's own headline numbers (multi-label, regression) beside them.
+    summary.update({f"test_{k}": v for k, v in result.metrics.items() if k in TASK_HEADLINES})
     return summary
+
+
+TASK_HEADLINES = ("micro_f1", "map", "rmse", "mae", "r2")
