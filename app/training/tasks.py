@@ -449,15 +449,24 @@ def fit_multilabel_probe(
 
         with torch.enable_grad():
             opt.step(closure)
-            objective = float(closure())
+            objective = float(closure().detach())
+        iters = int(opt.state[w].get("n_iter", 0))
         with torch.no_grad():
             vl = vs @ w.T + b
             val_loss = float(F.binary_cross_entropy_with_logits(vl, vy))
             val_score = float(np.mean(average_precision(torch.sigmoid(vl), vy)))
         scores.append({"C": C, "val_loss": val_loss, "val_score": val_score})
         if best is None or val_loss < best[0]:
-            best = (val_loss, val_score, C, w.detach().clone(), b.detach().clone(), objective)
-    val_loss, val_score, C, wb, bb, objective = best  # type: ignore[misc]
+            best = (
+                val_loss,
+                val_score,
+                C,
+                w.detach().clone(),
+                b.detach().clone(),
+                objective,
+                iters,
+            )
+    val_loss, val_score, C, wb, bb, objective, iters = best  # type: ignore[misc]
     weight = wb / sd
     return Fitted(
         weight=weight,
@@ -466,7 +475,7 @@ def fit_multilabel_probe(
         objective=objective,
         val_loss=val_loss,
         val_score=val_score,
-        iterations=max_iter,
+        iterations=iters,
         grid=scores,
     )
 

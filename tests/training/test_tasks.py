@@ -293,3 +293,60 @@ def test_text_multilabel_probe(tmp_path):
     p = load_predictor(result.artifact_dir)
     out = p.predict(p.check(["the bank raised the loan price", "a cheese soup today"]), top_k=2)
     assert "money" in out[0]["labels"] and "food" in out[1]["labels"]
+
+
+@pytest.mark.slow
+def test_tabular_multilabel_on_digit_features(tmp_path):
+    """Digits as 64 pixel columns, labelled with what they are: even, over 4, a 0/6/8/9
+    (a loop)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    path = tmp_path / "d.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*(f"p{i}" for i in range(64)), "tags"])
+        for x, y in list(zip(d.data, d.target, strict=True))[:400]:
+            tags = [
+                t
+                for t, on in (("even", y % 2 == 0), ("big", y > 4), ("loop", y in (0, 6, 8, 9)))
+                if on
+            ]
+            w.writerow([*(int(v) for v in x), "|".join(tags)])
+    ds = tmp_path / "ds"
+    ingest_csv_targets(csv_path=path, dest_dir=ds, task="tabular_multilabel", label_column="tags")
+    result = train(
+        config=TrainConfig(base_model="mlp", epochs=15, seed=0, class_weights="auto"),
+        dataset_dir=ds,
+        work_dir=tmp_path / "w",
+        cache_dir=tmp_path / "c",
+    )
+    assert result.metrics["micro_f1"] > 0.85 and result.metrics["map"] > 0.9, result.metrics
+    assert "val_map" in result.history[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(weights_file() is None, reason="MiniLM-L6 weights not installed")
+def test_text_regression_probe_is_ridge(tmp_path):
+    """The target: how many money words a text has (0-4)."""
+    rng = random.Random(1)
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "amount"])
+        for _ in range(120):
+            k = rng.randint(0, 4)
+            words = rng.sample(TAGS["money"], k) + [rng.choice(FILLER) for _ in range(6 - k)]
+            rng.shuffle(words)
+            w.writerow([" ".join(words), k])
+    ds = tmp_path / "ds"
+    ingest_csv_targets(csv_path=path, dest_dir=ds, task="text_regression", label_column="amount")
+    result = train(
+        config=TrainConfig(base_model="minilm-l6", max_length=16, seed=0),
+        dataset_dir=ds,
+        work_dir=tmp_path / "w",
+        cache_dir=tmp_path / "c",
+    )
+    probe = result.history[0]
+    assert probe["stage"] == "probe" and len(probe["grid"]) == 8  # the ridge penalties
+    assert result.metrics["r2"] > 0.6, result.metrics
