@@ -5,6 +5,7 @@ and export, for tables (diabetes), images (digit values, digit pairs) and text (
 generated tag corpus)."""
 
 import io
+import re
 import zipfile
 
 import numpy as np
@@ -49,6 +50,11 @@ def _job(client, **spec) -> dict:
     job = wait_job(client, r.json()["id"], 300)
     assert job["status"] == "succeeded", job
     return job
+
+
+def _fastpath_count(client) -> float:
+    m = re.search(r"^finetune_predict_fastpath_total (\S+)$", client.get("/metrics").text, re.M)
+    return float(m.group(1)) if m else 0.0
 
 
 def _image_predict(client, model_id, images, top_k=1):
@@ -101,7 +107,9 @@ def test_image_regression_on_digit_values(client, tmp_path):
     assert model["metrics"]["r2"] > 0.3, model["metrics"]
     images = [img for _, img in digit_images(1, 16)]
     preds = _image_predict(client, model["id"], images)
+    before = _fastpath_count(client)
     again = _image_predict(client, model["id"], images)  # warm: the fast path answers
+    assert _fastpath_count(client) == before + 1
     assert preds == again and all(set(p) == {"value"} for p in preds)
     onnx_file = tmp_path / "m.onnx"
     r = client.get(f"/v1/models/{model['id']}/export", params={"format": "onnx"})
@@ -137,6 +145,9 @@ def test_image_multilabel_on_digit_pairs(client, tmp_path):
     pair.paste(imgs[1], (0, 0))
     pair.paste(imgs[3], (16, 0))
     (pred,) = _image_predict(client, model["id"], [pair], top_k=4)
+    before = _fastpath_count(client)
+    assert _image_predict(client, model["id"], [pair], top_k=4) == [pred]  # the fast path
+    assert _fastpath_count(client) == before + 1
     assert set(pred) == {"labels", "top_k"} and len(pred["top_k"]) == 4
     scores = [t["score"] for t in pred["top_k"]]
     assert scores == sorted(scores, reverse=True)
