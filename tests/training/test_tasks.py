@@ -350,3 +350,40 @@ def test_text_regression_probe_is_ridge(tmp_path):
     probe = result.history[0]
     assert probe["stage"] == "probe" and len(probe["grid"]) == 8  # the ridge penalties
     assert result.metrics["r2"] > 0.6, result.metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["image_regression", "image_multilabel"])
+def test_resume_matches_uninterrupted_run_per_task(task, tmp_path):
+    from tests.training.test_resume import without_timing
+
+    make = digits_regression_zip if task == "image_regression" else pairs_multilabel_zip
+    arg = 6 if task == "image_regression" else 60
+    ds = tmp_path / "ds"
+    ingest_labelled_archive(archive_path=make(tmp_path / "a.zip", arg), dest_dir=ds, task=task)
+    config = TrainConfig(
+        base_model="tiny_cnn",
+        strategy="layerwise",
+        trainable_blocks=2,
+        epochs=4,
+        learning_rate=0.01,
+        batch_size=16,
+        image_size=16,
+        early_stopping_patience=None,
+        device="cpu",
+        seed=3,
+    )
+    kw = {"config": config, "dataset_dir": ds, "cache_dir": tmp_path / "c"}
+    whole = train(work_dir=tmp_path / "whole", **kw)
+    stop = {"now": False}
+
+    def on_epoch(report: dict) -> None:
+        stop["now"] = report["epoch"] == 2
+
+    from app.training.errors import Cancelled
+
+    with pytest.raises(Cancelled):
+        train(work_dir=tmp_path / "split", on_epoch=on_epoch, should_stop=lambda: stop["now"], **kw)
+    resumed = train(work_dir=tmp_path / "split", **kw)
+    assert without_timing(resumed.history) == without_timing(whole.history)
+    assert resumed.metrics == whole.metrics
