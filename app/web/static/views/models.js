@@ -151,7 +151,7 @@ export async function modelView(main, ctx, id) {
     const acc = lineChart({
       title: "Validation accuracy",
       yLabel: "accuracy",
-      series: [{ label: "validation", color: COLORS.acc, points: epochs.map((r) => ({ x: r.epoch, y: r.val_accuracy })) }],
+      series: [{ label: "validation", color: COLORS.acc, points: epochs.map((r) => ({ x: r.epoch, y: r.val_score ?? r.val_accuracy })) }],
       yMin: 0,
       yMax: 1,
     });
