@@ -387,3 +387,26 @@ def test_resume_matches_uninterrupted_run_per_task(task, tmp_path):
     resumed = train(work_dir=tmp_path / "split", **kw)
     assert without_timing(resumed.history) == without_timing(whole.history)
     assert resumed.metrics == whole.metrics
+
+
+@pytest.mark.slow
+def test_auto_searches_on_the_task_score(tmp_path):
+    ds = tmp_path / "ds"
+    ingest_labelled_archive(
+        archive_path=digits_regression_zip(tmp_path / "r.zip", 10),
+        dest_dir=ds,
+        task="image_regression",
+    )
+    result = train(
+        config=TrainConfig(
+            base_model="tiny_cnn", strategy="auto", auto_budget_epochs=4, image_size=16, epochs=3
+        ),
+        dataset_dir=ds,
+        work_dir=tmp_path / "w",
+        cache_dir=tmp_path / "c",
+        feature_dir=tmp_path / "f",
+    )
+    board = result.leaderboard
+    assert board and all(e["val_r2"] == e["val_score"] for e in board)
+    assert [e["val_score"] for e in board] == sorted((e["val_score"] for e in board), reverse=True)
+    assert "r2" in result.metrics and board[0]["chosen"]
