@@ -189,19 +189,6 @@ class _Normalised(torch.nn.Module):
         return self.model(self.preset(x))
 
 
-def rank(probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict]:
-    """Class probabilities (N, C) -> [{label, score, top_k: [{label, score}]}]."""
-    if not bool(torch.isfinite(probs).all()):  # never a NaN score in a response
-        raise InvalidInput("the model's output is not finite for these inputs")
-    k = max(1, min(top_k, len(classes)))
-    scores, idx = probs.topk(k, dim=1)
-    out = []
-    for s_row, i_row in zip(scores.tolist(), idx.tolist(), strict=True):
-        ranked = [{"label": classes[i], "score": s} for s, i in zip(s_row, i_row, strict=True)]
-        out.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
-    return out
-
-
 class _TensorPredictor(_TaskOutput):
     """Shared by text and tabular: encode the inputs to one tensor, forward in chunks."""
 
