@@ -142,6 +142,7 @@ def test_thresholds_maximise_f1_and_metrics_match_sklearn():
     assert m["per_label"]["b"]["threshold"] == th[1] and m["per_label"]["b"]["support"] > 0
 
 
+@pytest.mark.slow
 def test_tabular_regression_on_diabetes(tmp_path):
     ds = tmp_path / "ds"
     m = ingest_csv_targets(
