@@ -1,8 +1,9 @@
 """Multi-label and regression over real HTTP with a live `finetune serve` (embedded
 worker): upload (target summaries, bad targets as 422s naming the row), train, predict
 (the task's response shape, the image fast path included), continue from `model:<id>`,
-and export, for tables (diabetes), images (digit values, digit pairs) and text (a
-generated tag corpus)."""
+and export, for all six new tasks: tables (diabetes regression, multi-label digit
+features), images (digit values, digit pairs) and text (generated tag and amount
+corpora)."""
 
 import io
 import re
@@ -222,3 +223,81 @@ def test_bad_targets_are_422s_naming_the_row(client, tmp_path):
     assert r.status_code == 422 and "labels.csv line 3" in r.json()["error"]["message"]
     r = _upload(client, bad, "image_regression")
     assert r.status_code == 422  # a CSV is not an image archive
+
+
+def test_tabular_multilabel_on_digit_features(client, tmp_path):
+    import csv
+
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    path = tmp_path / "d.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*(f"p{i}" for i in range(64)), "tags"])
+        for x, y in list(zip(d.data, d.target, strict=True))[:300]:
+            tags = [t for t, on in (("even", y % 2 == 0), ("big", y > 4)) if on]
+            w.writerow([*(int(v) for v in x), ";".join(tags)])
+    r = _upload(client, path, "tabular_multilabel", label_column="tags", label_separator=";")
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["classes"] == ["big", "even"] and set(ds["targets"]["label_set_sizes"]) == {
+        "0",
+        "1",
+        "2",
+    }
+    job = _job(client, dataset_id=ds["id"], base_model="mlp", epochs=10)
+    model = client.get(f"/v1/models/{job['model_id']}").json()
+    assert model["metrics"]["micro_f1"] > 0.75, model["metrics"]
+    row = {f"p{i}": float(v) for i, v in enumerate(d.data[0])}  # a zero: even
+    r = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": [row], "top_k": 2})
+    assert r.status_code == 200, r.text
+    (pred,) = r.json()["predictions"]
+    assert set(pred) == {"labels", "top_k"} and "even" in pred["labels"]
+    child = _job(client, dataset_id=ds["id"], base_model=f"model:{model['id']}", epochs=2)
+    assert child["status"] == "succeeded"
+    r = client.get(f"/v1/models/{model['id']}/export", params={"format": "safetensors"})
+    assert r.status_code == 200
+
+
+@pytest.mark.skipif(weights_file() is None, reason="MiniLM-L6 weights not installed")
+def test_text_regression_on_a_generated_corpus(client, tmp_path):
+    import csv
+    import random
+
+    from tests.training.test_tasks import FILLER, TAGS
+
+    rng = random.Random(2)
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "amount"])
+        for _ in range(100):
+            k = rng.randint(0, 4)
+            words = rng.sample(TAGS["money"], k) + [rng.choice(FILLER) for _ in range(6 - k)]
+            rng.shuffle(words)
+            w.writerow([" ".join(words), k])
+    r = _upload(client, path, "text_regression", label_column="amount")
+    assert r.status_code == 201, r.text
+    assert r.json()["targets"]["min"] == 0 and r.json()["targets"]["max"] == 4
+    ds = r.json()
+    job = _job(client, dataset_id=ds["id"], base_model="minilm-l6", max_length=16)
+    model = client.get(f"/v1/models/{job['model_id']}").json()
+    assert model["metrics"]["r2"] > 0.5, model["metrics"]
+    r = client.post(
+        f"/v1/models/{model['id']}/predict",
+        json={"inputs": ["the bank stock price market loan", "we saw the news today"]},
+    )
+    assert r.status_code == 200, r.text
+    many, none = r.json()["predictions"]
+    assert set(many) == {"value"} and many["value"] > none["value"] + 1
+    child = _job(
+        client,
+        dataset_id=ds["id"],
+        base_model=f"model:{model['id']}",
+        max_length=16,
+        epochs=1,
+        strategy="partial",
+        trainable_blocks=1,
+    )
+    assert child["status"] == "succeeded"
