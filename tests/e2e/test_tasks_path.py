@@ -54,6 +54,9 @@ def _job(client, **spec) -> dict:
 
 
 def _fastpath_count(client) -> float:
+    """The lean path's counter. (An authenticated call first: the lean path only knows keys
+    the API saw within FINETUNE_AUTH_CACHE_SECONDS, and a cold model load can take longer.)"""
+    assert client.get("/v1/models", params={"limit": 1}).status_code == 200
     m = re.search(r"^finetune_predict_fastpath_total (\S+)$", client.get("/metrics").text, re.M)
     return float(m.group(1)) if m else 0.0
 
