@@ -19,6 +19,7 @@ from app.jobs.router import router as jobs_router
 from app.ops.health import router as health_router
 from app.ops.metrics import Metrics
 from app.ops.metrics import router as metrics_router
+from app.predictions.fastpath import PredictFastPath
 from app.predictions.service import ModelCache
 from app.registry.base_models_router import router as base_models_router
 from app.registry.router import router as models_router
@@ -104,6 +105,8 @@ def create_app() -> FastAPI:
     ):
         app.include_router(router)
     web.install(app)  # the dashboard at / (a client of the routes above)
+    # Innermost: the hot predict request, under the body limit and the metrics.
+    app.add_middleware(PredictFastPath)
     # Multipart framing adds a little to the file itself.
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(RefuseNulPath)

@@ -136,6 +136,7 @@ def execute(*, job_id: str) -> str:
                 dataset_dir=storage.dataset_dir(dataset_id),
                 work_dir=work_dir,
                 cache_dir=storage.cache_dir(),
+                feature_dir=storage.features_dir(dataset_id),
                 init_state=init_state,
                 init_config=init_config_for(storage=storage, lineage=lineage),
                 on_epoch=on_epoch,
@@ -188,7 +189,7 @@ def execute(*, job_id: str) -> str:
             **lineage,
             "job_id": job_id,
             "dataset_id": dataset_id,
-            "strategy": spec["strategy"],
+            "strategy": result.strategy,
             "best_epoch": result.best_epoch,
         },
     )
@@ -242,4 +243,9 @@ def _summary(result) -> dict:
         test_accuracy=result.metrics.get("accuracy"),
         test_macro_f1=result.metrics.get("macro_f1"),
     )
+    # The task's own headline numbers (multi-label, regression) beside them.
+    summary.update({f"test_{k}": v for k, v in result.metrics.items() if k in TASK_HEADLINES})
     return summary
+
+
+TASK_HEADLINES = ("micro_f1", "map", "rmse", "mae", "r2")

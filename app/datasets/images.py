@@ -76,6 +76,10 @@ def decode_image(file: Path | BinaryIO, name: str, limits: Limits) -> str:
                         f"image {show(name)} is {width}x{height} pixels; the limit is "
                         f"{limits.max_image_pixels} pixels",
                     )
+                if im.format == "JPEG":
+                    # Checked, not kept: libjpeg's 1/8 scale still reads (and checks) the
+                    # whole stream, with an eighth of the IDCT work and memory.
+                    im.draft(None, (max(1, width // 8), max(1, height // 8)))
                 im.load()
                 if im.mode != "RGB":  # what training will do; some modes cannot
                     im.convert("RGB")

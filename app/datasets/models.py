@@ -27,3 +27,8 @@ class Dataset(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def targets(self) -> dict | None:
+        """The target summary of a regression or multi-label dataset (targets.py)."""
+        return (self.meta or {}).get("targets")

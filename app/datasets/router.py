@@ -26,6 +26,9 @@ def create_dataset(
     label_column: Annotated[str, Form(min_length=1, max_length=200), NoNul] = "label",
     text_column: Annotated[str, Form(min_length=1, max_length=200), NoNul] = "text",
     idempotency_key: Annotated[str | None, Header(max_length=200), NoNul] = None,
+    label_separator: Annotated[
+        str, Form(min_length=1, max_length=1, description="multi-label: between labels"), NoNul
+    ] = "|",
 ):
     dataset, created = service.create(
         session=session,
@@ -38,6 +41,7 @@ def create_dataset(
         label_column=label_column,
         text_column=text_column,
         idempotency_key=idempotency_key,
+        label_separator=label_separator,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -22,6 +22,12 @@ from app.datasets.ingest import (
     sniff_format,
 )
 from app.datasets.models import Dataset
+from app.datasets.targets import (
+    DEFAULT_SEPARATOR,
+    ingest_csv_targets,
+    ingest_labelled_archive,
+    is_target_task,
+)
 from app.storage.local import LocalStorage, copy_bounded
 
 ARCHIVE_FORMATS = {"zip", "tar"}
@@ -29,15 +35,16 @@ ARCHIVE_FORMATS = {"zip", "tar"}
 
 def _resolve_task(fmt: str, task: str | None, text_column: str, csv_path: Path) -> str:
     if fmt in ARCHIVE_FORMATS:
-        if task not in (None, "image_classification"):
+        if task is not None and not task.startswith("image_"):
             raise Invalid(
                 f"task {task!r} needs a CSV file; an archive is an image dataset",
                 code="task_mismatch",
             )
-        return "image_classification"
-    if task == "image_classification":
+        return task or "image_classification"
+    if task is not None and task.startswith("image_"):
         raise Invalid(
-            "image_classification needs a ZIP or tar archive of class folders", code="task_mismatch"
+            f"{task} needs a ZIP or tar archive (of class folders, or with a labels.csv)",
+            code="task_mismatch",
         )
     if task:
         return task
@@ -61,6 +68,7 @@ def create(
     text_column: str,
     limits: Limits | None = None,
     idempotency_key: str | None = None,
+    label_separator: str = DEFAULT_SEPARATOR,
 ) -> tuple[Dataset, bool]:
     """Ingest an uploaded archive or CSV into a new dataset; nothing is left behind on error.
 
@@ -68,7 +76,9 @@ def create(
     the same bytes and form fields, that dataset is returned (created False); with other
     bytes, a 409.
     """
-    digest = hashlib.sha256(json.dumps([name, task, label_column, text_column]).encode())
+    digest = hashlib.sha256(
+        json.dumps([name, task, label_column, text_column, label_separator]).encode()
+    )
     if idempotency_key:
         existing = _by_idempotency_key(session, owner, idempotency_key)
         if existing is not None:
@@ -86,7 +96,25 @@ def create(
             raise Invalid("the uploaded file is empty", code="empty_upload")
         fmt = sniff_format(scratch)
         task = _resolve_task(fmt, task, text_column, scratch)
-        if task == "image_classification":
+        if is_target_task(task) and fmt in ARCHIVE_FORMATS:  # multi-label / regression
+            manifest = ingest_labelled_archive(
+                archive_path=scratch,
+                dest_dir=partial,
+                task=task,
+                label_separator=label_separator,
+                limits=limits,
+            )
+        elif is_target_task(task):
+            manifest = ingest_csv_targets(
+                csv_path=scratch,
+                dest_dir=partial,
+                task=task,
+                label_column=label_column,
+                text_column=text_column,
+                label_separator=label_separator,
+                limits=limits,
+            )
+        elif task == "image_classification":
             manifest = ingest_image_archive(archive_path=scratch, dest_dir=partial, limits=limits)
         else:
             manifest = ingest_csv(
@@ -104,7 +132,14 @@ def create(
 
     meta = {
         k: manifest[k]
-        for k in ("columns", "feature_types", "label_column", "text_column", "encoded_width")
+        for k in (
+            "columns",
+            "feature_types",
+            "label_column",
+            "text_column",
+            "encoded_width",
+            "targets",
+        )
         if k in manifest
     }
     dataset = Dataset(
@@ -200,3 +235,4 @@ def delete(
     session.delete(dataset)
     session.commit()
     storage.remove(storage.dataset_dir(dataset_id))
+    storage.remove(storage.features_dir(dataset_id))  # its jobs' frozen features

@@ -127,7 +127,9 @@ def record_epoch(*, session: Session, job_id: str, worker: str, report: dict) ->
         h for h in job.history if h.get("epoch") != epoch or h.get("phase") != report.get("phase")
     ]
     job.history = history + [report]
-    job.metrics = {k: report[k] for k in ("train_loss", "val_loss", "val_accuracy") if k in report}
+    job.metrics = {
+        k: report[k] for k in ("train_loss", "val_loss", "val_accuracy", "val_score") if k in report
+    }
     add_event(session, job_id, "epoch", **report)
     record_job_event(session, job_id, "job.epoch")
     session.commit()

@@ -18,10 +18,16 @@ class JobSpec(BaseModel):
         min_length=1, max_length=200, description="a name from GET /v1/base-models, or model:<id>"
     )
     pretrained: bool = True
-    strategy: Strategy = "partial"
+    strategy: Strategy | None = Field(
+        None,
+        description="null: chosen from the base model (partial, i.e. the exact linear probe, "
+        "for pretrained weights; full for random ones); the chosen one is stored",
+    )
     trainable_blocks: int = Field(0, ge=0, le=64)
     unfreeze_every: int = Field(1, ge=1, le=1000)
-    epochs: int = Field(10, ge=1, le=1000)
+    epochs: int | None = Field(
+        None, ge=1, le=1000, description="null: chosen from the dataset size (a floor of steps)"
+    )
     learning_rate: float = Field(1e-3, gt=0, le=10)
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
@@ -37,8 +43,24 @@ class JobSpec(BaseModel):
     class_weights: Literal["auto"] | None = None
     lr_decay: float = Field(0.5, gt=0, le=1, description="per-block rate factor (progressive)")
     auto_budget_epochs: int = Field(12, ge=1, le=1000, description="search budget (auto)")
+    auto_budget_seconds: float | None = Field(
+        None, gt=0, le=7 * 24 * 3600, description="search budget in seconds (auto)"
+    )
+    refit: bool = Field(
+        True,
+        description="a head-only job: once validation chose the L2 strength, refit the head "
+        "on train + validation (validation metrics stay those of the head it chose)",
+    )
+    probe: bool = Field(
+        True,
+        description="fit the head exactly first (L-BFGS logistic regression on the frozen "
+        "features): the whole job when only the head trains, the start of any fine-tune",
+    )
     max_length: int = Field(
         128, ge=8, le=512, description="text: tokens per input; longer texts are truncated"
+    )
+    loss: Literal["mse", "huber"] | None = Field(
+        None, description="regression: mean squared error (null, the default) or Huber"
     )
 
     @field_validator("base_model")

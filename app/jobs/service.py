@@ -20,7 +20,10 @@ from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import JobSpec
 from app.registry import base_models
 from app.registry.models import Model
+from app.training import api as training
+from app.training.errors import EngineError
 from app.training.tabular import HIDDEN
+from app.training.tasks import get_task
 from app.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
@@ -39,14 +42,17 @@ def add_event(session: Session, job_id: str, type_: str, **data) -> None:
 
 
 def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: str) -> dict:
-    """Refuse a job whose base model is unknown, absent, or of another task (422 / 404)."""
+    """Refuse a job whose base model is unknown, absent, or of another modality (422 /
+    404). A model trained here on another kind of task of the same modality is a fine
+    start: its backbone carries over, its head is replaced (training/api.py)."""
+    base_task = get_task(task).base_task
     ref = base_models.parse_ref(spec.base_model)
     if ref.kind == "model":
         model_id = ref.id
         parent = session.get(Model, model_id)
         if parent is None or parent.owner_id != owner.id:
             raise NotFound(f"base_model: model {model_id!r} not found", field="base_model")
-        if parent.task != task:
+        if get_task(parent.task).modality != get_task(task).modality:
             raise Invalid(
                 f"base_model: model {model_id!r} is a {parent.task} model; the dataset is {task}",
                 code="task_mismatch",
@@ -55,7 +61,7 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
         return {"parent_model_id": parent.id, "architecture": parent.lineage.get("architecture")}
     if ref.kind == "upload":
         upload = base_models.get_upload(session=session, owner=owner, upload_id=ref.id)
-        if upload.task != task:
+        if upload.task != base_task:
             raise Invalid(
                 f"base_model: {spec.base_model!r} is {upload.architecture} weights for "
                 f"{upload.task}; the dataset is {task}",
@@ -64,7 +70,7 @@ def _check_base_model(*, session: Session, owner: Owner, spec: JobSpec, task: st
             )
         return {"upload_id": upload.id, "architecture": upload.architecture}
     info = base_models.check(name=spec.base_model, pretrained=spec.pretrained)
-    if info["task"] != task:
+    if info["task"] != base_task:
         raise Invalid(
             f"base_model: {spec.base_model!r} is for {info['task']}; the dataset is {task}",
             code="task_mismatch",
@@ -102,6 +108,24 @@ def _check_model_size(*, dataset, base: dict) -> None:
         )
 
 
+def _with_strategy(spec: JobSpec, base: dict) -> JobSpec:
+    """The spec with the strategy the job will run (null: chosen from the base model);
+    a strategy that keeps randomly initialised layers frozen is a 422."""
+    has_init = "parent_model_id" in base or "upload_id" in base
+    architecture = base.get("architecture") or spec.base_model
+    try:
+        strategy = training.resolve_strategy(
+            spec.strategy,
+            base_model=architecture,
+            has_weights=training.has_pretrained_weights(
+                architecture, pretrained=spec.pretrained, has_init=has_init
+            ),
+        )
+    except EngineError as exc:
+        raise Invalid(exc.message, code=exc.code, field=exc.field or "strategy") from exc
+    return spec.model_copy(update={"strategy": strategy})
+
+
 def create(
     *, session: Session, owner: Owner, spec: JobSpec, idempotency_key: str | None
 ) -> tuple[Job, bool]:
@@ -116,6 +140,7 @@ def create(
     dataset = datasets.get(session=session, owner=owner, dataset_id=spec.dataset_id, lock="share")
     base = _check_base_model(session=session, owner=owner, spec=spec, task=dataset.task)
     _check_model_size(dataset=dataset, base=base)
+    spec = _with_strategy(spec, base)
     job = Job(
         id=new_id("job"),
         owner_id=owner.id,
@@ -124,7 +149,7 @@ def create(
         spec=spec.model_dump(mode="json"),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
-        progress={"epoch": 0, "epochs": spec.epochs, "fraction": 0.0, "eta_seconds": None},
+        progress={"epoch": 0, "epochs": spec.epochs or 0, "fraction": 0.0, "eta_seconds": None},
     )
     session.add(job)
     add_event(session, job.id, "status", status="queued")

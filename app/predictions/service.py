@@ -14,15 +14,18 @@ waits, and a stream of them fills batches.
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from app.training.inference import Predictor, TabularPredictor, TextPredictor, load_predictor
 
@@ -33,6 +36,20 @@ BATCH_SIZE = Histogram(
     "Inputs per predict forward pass (requests batched together)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+
+MODEL_LOADS = Counter(
+    "finetune_model_loads", "Models loaded for predict (one per cache miss, however many wait)"
+)
+
+LOADED = Gauge(
+    "finetune_predict_models",
+    "Models loaded for predict, by the runtime each runs on (runtime.py)",
+    ["runtime"],
+)
+
+
+def _runtime(predictor) -> str:
+    return getattr(predictor, "runtime", "eager")
 
 
 @dataclass
@@ -140,7 +157,8 @@ class Batcher:
                 mine = results[start : start + len(p.inputs)]
                 start += len(p.inputs)
                 for r in mine:
-                    r["top_k"] = r["top_k"][: p.top_k]
+                    if "top_k" in r:  # a regression answers {value} only
+                        r["top_k"] = r["top_k"][: p.top_k]
                 p.settle(mine)
 
     def close(self) -> None:
@@ -163,7 +181,12 @@ class ModelInfo:
 
 class ModelCache:
     """Loaded predictors by model id, least recently used evicted past `capacity`; and
-    the rows of recently used models (many more: they are small)."""
+    the rows of recently used models (many more: they are small).
+
+    A model is loaded once however many requests wait for it (single-flight): the first
+    request starts the load in its own thread, later ones wait on the same future. An
+    evicted model's memory goes back to the system (`_release`), so the API's memory is
+    bounded by the cache size, not by how many loads it has done."""
 
     MAX_INFO = 4096
 
@@ -171,8 +194,10 @@ class ModelCache:
         self.capacity, self.max_batch, self.max_delay = capacity, max_batch, max_delay
         self.device = device
         self._items: OrderedDict[str, Batcher] = OrderedDict()
+        self._loading: dict[str, Future] = {}
         self._info: dict[str, ModelInfo] = {}
         self._lock = threading.Lock()
+        self.loads = 0  # completed loads, for tests and metrics
 
     def info(self, model_id: str) -> ModelInfo | None:
         return self._info.get(model_id)
@@ -192,19 +217,64 @@ class ModelCache:
             return batcher
 
     def get(self, model_id: str, artifact_dir: Path) -> Batcher:
+        """The model's batcher, loading it (once) if needed; blocks until loaded."""
+        return self._future(model_id, artifact_dir).result()
+
+    async def aget(self, model_id: str, artifact_dir: Path) -> Batcher:
+        """As get(), awaiting the load instead of holding a thread while it runs."""
         if (cached := self.peek(model_id)) is not None:
             return cached
-        predictor = load_predictor(artifact_dir, device=self.device)  # slow: outside the lock
+        return await asyncio.wrap_future(self._future(model_id, artifact_dir))
+
+    def _future(self, model_id: str, artifact_dir: Path) -> Future:
         with self._lock:
-            batcher = self._items.get(model_id)
-            if batcher is None:
-                batcher = Batcher(predictor, max_batch=self.max_batch, max_delay=self.max_delay)
-                self._items[model_id] = batcher
-            self._items.move_to_end(model_id)
+            future: Future = Future()
+            if (batcher := self._items.get(model_id)) is not None:
+                self._items.move_to_end(model_id)
+                future.set_result(batcher)
+                return future
+            if (loading := self._loading.get(model_id)) is not None:
+                return loading
+            self._loading[model_id] = future
+        threading.Thread(
+            target=self._load, args=(model_id, artifact_dir, future), name="model-load", daemon=True
+        ).start()
+        return future
+
+    def _load(self, model_id: str, artifact_dir: Path, future: Future) -> None:
+        try:
+            predictor = load_predictor(artifact_dir, device=self.device)
+        except BaseException as exc:  # every waiter gets the error; the next request retries
+            with self._lock:
+                del self._loading[model_id]
+            future.set_exception(exc)
+            return
+        evicted = []
+        with self._lock:
+            batcher = Batcher(predictor, max_batch=self.max_batch, max_delay=self.max_delay)
+            self._items[model_id] = batcher
+            del self._loading[model_id]
+            self.loads += 1
+            MODEL_LOADS.inc()
+            LOADED.labels(_runtime(predictor)).inc()
             while len(self._items) > self.capacity:
-                _, evicted = self._items.popitem(last=False)
-                evicted.close()
-            return batcher
+                evicted.append(self._items.popitem(last=False)[1])
+                LOADED.labels(_runtime(evicted[-1].predictor)).dec()
+        future.set_result(batcher)
+        for old in evicted:
+            old.close()
+        if evicted:
+            del old, evicted
+            _release()
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _release() -> None:
+    """Hand freed memory back to the system. An evicted model's tensors and runtime
+    session are freed, but glibc keeps the pages in its arenas (the ~57 MB per reload of
+    issue 14); malloc_trim returns them. A no-op where there is no glibc."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -1,6 +1,7 @@
 import asyncio
 import io
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Annotated, Literal
@@ -27,6 +28,7 @@ from app.storage.local import LocalStorage
 from app.training.errors import EngineError
 from app.training.export import export
 from app.training.inference import decode_image
+from app.training.tasks import Modality, get_task
 
 router = APIRouter(tags=["models"], route_class=Route)
 
@@ -95,23 +97,38 @@ def _declared_pixels(data: bytes) -> int:
         return 0
 
 
-def _decode_all(blobs: list[tuple[str | None, bytes]]) -> list:
+def _decode_all(blobs: list[tuple[str | None, bytes]], size: int | None = None) -> list:
     images = []
     for filename, data in blobs:
         try:
-            images.append(decode_image(data))
+            images.append(decode_image(data, size))
         except EngineError as exc:
             raise Invalid(f"files: {filename!r}: {exc.message}", code=exc.code) from exc
     return images
 
 
 def _top_k(value, n_classes: int) -> int:
-    try:
-        k = int(value) if value not in (None, "") else 1
-    except (TypeError, ValueError):
-        raise Invalid("top_k: must be a positive integer", code="validation_error") from None
+    """A positive whole number (a JSON integer, an integral float, or a form string of
+    digits); anything else, Infinity and 1e400 included, is a 422 naming top_k."""
+    bad = Invalid("top_k: must be a positive integer", code="validation_error")
+    if value is None or value == "":
+        return 1
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()):
+            raise bad
+        # A long digit string is a huge k (clipped below); int() of it would be slow.
+        k = int(text) if len(text) <= 12 else n_classes + 1
+    elif isinstance(value, int):
+        k = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        k = int(value)
+    else:
+        raise bad
     if k < 1:
-        raise Invalid("top_k: must be a positive integer", code="validation_error")
+        raise bad
     return min(k, n_classes)
 
 
@@ -128,7 +145,7 @@ async def predict(model_id: str, request: Request, owner: CurrentOwner, settings
     if info is None or info.owner_id != owner.id:
         raise NotFound(f"model {model_id!r} not found")
     content_type = request.headers.get("content-type", "")
-    image = info.task == "image_classification"
+    image = get_task(info.task).modality == Modality.IMAGE
     body = None
     # The content type is checked before a first request loads the model.
     if not image:
@@ -146,7 +163,10 @@ async def predict(model_id: str, request: Request, owner: CurrentOwner, settings
         else:
             top_k = _top_k(body.get("top_k"), len(info.classes))
             inputs = _checked(batcher.predictor, body["inputs"])
-        predictions = await batcher.submit(inputs, top_k, arrival)
+        try:
+            predictions = await batcher.submit(inputs, top_k, arrival)
+        except EngineError as exc:  # e.g. a non-finite output: never a NaN in a response
+            raise Invalid(exc.message, code=exc.code) from exc
     return {"model_id": info.id, "predictions": predictions}
 
 
@@ -179,7 +199,7 @@ async def _image_inputs(request: Request, predictor, n_classes: int) -> tuple[li
 
 def _prepared(predictor, blobs: list[tuple[str | None, bytes]]) -> list:
     """Decoded, then resized to the model's size (predictor.check)."""
-    return _checked(predictor, _decode_all(blobs))
+    return _checked(predictor, _decode_all(blobs, getattr(predictor, "image_size", None)))
 
 
 def _checked(predictor, inputs: list) -> list:
@@ -207,14 +227,14 @@ def _read_model_info(models: ModelCache, model_id: str) -> ModelInfo | None:
 
 async def _batcher(models: ModelCache, settings: Settings, model_id: str) -> Batcher:
     """The cached model's batcher; a first load (seconds of CPU) runs off the event loop."""
-    return models.peek(model_id) or await asyncio.to_thread(
-        models.get, model_id, LocalStorage(settings).model_dir(model_id)
+    return models.peek(model_id) or await models.aget(
+        model_id, LocalStorage(settings).model_dir(model_id)
     )
 
 
 async def _json_body(request: Request, content_type: str, task: str) -> dict:
     """{"inputs": [...], "top_k"?} of a text or tabular predict request, or a 4xx."""
-    kind = "strings" if task == "text_classification" else "objects {column: value}"
+    kind = "strings" if get_task(task).modality == Modality.TEXT else "objects {column: value}"
     if not content_type.startswith("application/json"):
         raise ApiError(
             f'a {task} model takes application/json {{"inputs": [{kind}]}}',
@@ -226,6 +246,11 @@ async def _json_body(request: Request, content_type: str, task: str) -> dict:
         raise ApiError(f"body over {MAX_JSON_BYTES} bytes", code="payload_too_large", status=413)
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise Invalid(
+            "inputs: JSON nested too deeply (a predict input is a string or a flat object)",
+            code="validation_error",
+        ) from None
     except ValueError as exc:
         raise ApiError(f"body is not valid JSON: {exc}", code="bad_request") from None
     if not isinstance(body, dict) or "inputs" not in body:

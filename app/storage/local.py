@@ -49,6 +49,10 @@ class LocalStorage:
     def model_dir(self, model_id: str) -> Path:
         return self.settings.models_dir / model_id
 
+    def features_dir(self, dataset_id: str) -> Path:
+        """Frozen features of one dataset, shared by its jobs (removed with the dataset)."""
+        return self.settings.data_dir / "features" / dataset_id
+
     def cache_dir(self) -> Path:
         return self.settings.cache_dir
 

@@ -1,14 +1,17 @@
 """The engine's entry point: `train(config=..., dataset_dir=..., ...)` -> TrainResult.
 
 The worker turns a JobSpec into a TrainConfig and calls `train`; nothing here knows
-about HTTP, Celery or the database. The base model's task (image, text or tabular
-classification) picks the data loader and what the artifact carries; the loop is one.
+about HTTP, Celery or the database. The dataset's task (tasks.py: a modality and a
+kind) picks the data loader and what the artifact carries (LOADERS / ARTIFACT_FIELDS,
+by modality) and the head, loss, score, probe and metrics (its kind); the loop is one.
 Calling `train` again with the same `work_dir` resumes from the last epoch checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -28,23 +31,63 @@ from app.training.build import (
 )
 from app.training.data import load_dataset
 from app.training.errors import DatasetError, InvalidConfig
-from app.training.evaluate import classification_metrics
+from app.training.feature_store import FeatureStore
 from app.training.freeze import default_train_bn
 from app.training.loop import LoopOptions, fit, resolve_device
 from app.training.optim import OPTIMIZERS, SCHEDULERS
 from app.training.schedule import STRATEGIES, plan_schedule
+from app.training.tasks import Kind, Modality, Task, get_task
 
 ARTIFACT_FORMAT = 1
+
+# How much training a job gets when `epochs` is not given: at least DEFAULT_EPOCHS, and
+# at least this many optimizer steps, so a 100-sample upload is not stopped after a
+# dozen steps. A network trained from random weights needs far more than a pretrained
+# one that starts from the exact probe's head.
+DEFAULT_EPOCHS = 10
+MIN_STEPS_PRETRAINED = 100
+MIN_STEPS_SCRATCH = 600
+MAX_DEFAULT_EPOCHS = 300
+FROZEN_STRATEGIES = ("partial", "layerwise", "progressive")
+
+
+def has_pretrained_weights(base_model: str, *, pretrained: bool, has_init: bool) -> bool:
+    """Whether the network starts from learned weights: a model trained here or
+    uploaded weights (`has_init`), or a base model's pretrained weights."""
+    return has_init or (pretrained and get_base_model(base_model).pretrained_weights)
+
+
+def resolve_strategy(strategy: str | None, *, base_model: str, has_weights: bool) -> str:
+    """The strategy a job runs: `partial` (the exact probe on frozen features) for
+    pretrained weights, `full` for random ones; a strategy that keeps random layers
+    frozen is refused."""
+    if strategy is None:
+        return "partial" if has_weights else "full"
+    if strategy in FROZEN_STRATEGIES and not has_weights:
+        raise InvalidConfig(
+            f"strategy {strategy!r} keeps layers of {base_model!r} frozen, but they have no "
+            "pretrained weights (random frozen layers only scramble the inputs); use "
+            "'full' (the default here) or 'auto'",
+            field="strategy",
+        )
+    return strategy
+
+
+def default_epochs(*, train_size: int, batch_size: int, has_weights: bool) -> int:
+    """Epochs for at least DEFAULT_EPOCHS and the step floor (see above)."""
+    steps_per_epoch = max(1, math.ceil(train_size / batch_size))
+    floor = MIN_STEPS_PRETRAINED if has_weights else MIN_STEPS_SCRATCH
+    return min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(floor / steps_per_epoch)))
 
 
 @dataclass
 class TrainConfig:
     base_model: str = "efficientnet_lite0"
     pretrained: bool = True
-    strategy: str = "partial"
+    strategy: str | None = None  # None: chosen from the base model (resolve_strategy)
     trainable_blocks: int = 0
     unfreeze_every: int = 1
-    epochs: int = 10
+    epochs: int | None = None  # None: chosen from the dataset size (default_epochs)
     learning_rate: float = 1e-3
     batch_size: int = 32
     optimizer: str = "adamw"
@@ -60,7 +103,11 @@ class TrainConfig:
     class_weights: str | None = None
     lr_decay: float = 0.5
     auto_budget_epochs: int = 12
+    auto_budget_seconds: float | None = None
+    probe: bool = True  # start from the exact linear probe (the whole job when head-only)
+    refit: bool = True  # a probe-only job refits its head on train + val with the chosen C
     max_length: int = text.DEFAULT_MAX_LENGTH  # text: tokens per input (longer is truncated)
+    loss: str | None = None  # regression: null (MSE) or "huber"
 
 
 @dataclass
@@ -72,17 +119,19 @@ class TrainResult:
     best_epoch: int
     leaderboard: list[dict] | None
     val_metrics: dict
+    strategy: str = ""  # the strategy that ran (resolved from null, or auto's choice)
+    epochs: int = 0  # the epochs it was planned for (resolved from null)
 
 
 def validate_config(config: TrainConfig) -> None:
     """Raise InvalidConfig naming the field for values no job could run with."""
     checks = [
         (
-            config.strategy in (*STRATEGIES, "auto"),
+            config.strategy in (*STRATEGIES, "auto", None),
             "strategy",
-            f"one of {', '.join((*STRATEGIES, 'auto'))}",
+            f"null or one of {', '.join((*STRATEGIES, 'auto'))}",
         ),
-        (config.epochs >= 1, "epochs", "at least 1"),
+        (config.epochs is None or config.epochs >= 1, "epochs", "null or at least 1"),
         (config.learning_rate > 0, "learning_rate", "positive"),
         (config.batch_size >= 1, "batch_size", "at least 1"),
         (config.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
@@ -101,7 +150,13 @@ def validate_config(config: TrainConfig) -> None:
         (config.class_weights in (None, "auto"), "class_weights", "null or 'auto'"),
         (0 < config.lr_decay <= 1, "lr_decay", "in (0, 1]"),
         (config.auto_budget_epochs >= 1, "auto_budget_epochs", "at least 1"),
+        (
+            config.auto_budget_seconds is None or config.auto_budget_seconds > 0,
+            "auto_budget_seconds",
+            "null or positive",
+        ),
         (8 <= config.max_length <= text.POSITIONS, "max_length", f"in [8, {text.POSITIONS}]"),
+        (config.loss in LOSSES, "loss", "null, 'mse' or 'huber' (regression only)"),
     ]
     for ok, field, need in checks:
         if not ok:
@@ -119,8 +174,12 @@ def train(
     init_config: dict | None = None,
     on_epoch: Callable[[dict], None] = lambda r: None,
     should_stop: Callable[[], bool] = lambda: False,
+    feature_dir: Path | None = None,
 ) -> TrainResult:
     """Fine-tune, evaluate on the held-out test split, write work_dir/"model".
+
+    `feature_dir` keeps frozen features of this dataset for later jobs (feature_store.py);
+    without it, only the candidates of an `auto` search share them.
 
     Raises Cancelled when should_stop() turns true, EngineError subclasses for a bad
     config or dataset. `init_state` is the state dict of a model trained here (or
@@ -131,6 +190,13 @@ def train(
     spec = get_base_model(config.base_model)
     if init_state is None:
         check_available(config.base_model, config.pretrained)
+    # A model trained here starts from learned statistics just like base weights do.
+    has_weights = has_pretrained_weights(
+        config.base_model, pretrained=config.pretrained, has_init=init_state is not None
+    )
+    requested = resolve_strategy(
+        config.strategy, base_model=config.base_model, has_weights=has_weights
+    )
     blocks = num_blocks(config.base_model)
     if config.trainable_blocks > blocks + 1:  # refuse before decoding any image
         raise InvalidConfig(
@@ -141,40 +207,44 @@ def train(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     task = _dataset_task(dataset_dir)
-    if task != spec.task:
+    if task.base_task != spec.task:
         raise InvalidConfig(
-            f"base_model {config.base_model!r} is for {spec.task}; the dataset is {task}",
+            f"base_model {config.base_model!r} is for {spec.task.split('_')[0]} data; "
+            f"the dataset is {task.name}",
             field="base_model",
         )
-    num_inputs = None
-    if task == text.TASK:
-        data = text.load_text_dataset(
-            dataset_dir,
-            max_length=config.max_length,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
+    if config.loss not in (None, "mse") and task.kind != Kind.REGRESSION:
+        raise InvalidConfig(f"loss {config.loss!r} is for regression tasks only", field="loss")
+    data = LOADERS[task.modality](
+        dataset_dir, config=config, cache_dir=cache_dir, init_config=init_config, task=task
+    )
+    num_inputs = data.meta["preprocessing"]["width"] if task.modality == Modality.TABULAR else None
+    if num_inputs is not None and init_state is not None:
+        _check_tabular_init(init_state, num_inputs)
+    head_size = task.head_size(data.classes)
+    if (
+        init_state is not None
+        and init_config
+        and (
+            init_config.get("classes") != data.classes
+            or get_task(init_config.get("task")).kind != task.kind
+            or init_config.get("num_classes") != head_size
         )
-    elif task == tabular.TASK:
-        data = tabular.load_tabular_dataset(
-            dataset_dir,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-            preprocessing=(init_config or {}).get("preprocessing"),
-        )
-        num_inputs = data.meta["preprocessing"]["width"]
-        if init_state is not None:
-            _check_tabular_init(init_state, num_inputs)
-    else:
-        data = load_dataset(
-            dataset_dir,
-            image_size=config.image_size,
-            cache_dir=cache_dir,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-        )
-    if init_state is not None and init_config and init_config.get("classes") != data.classes:
-        # Other classes (even as many): the parent's head means nothing here; a fresh one.
+    ):
+        # Other classes or another kind (even as many outputs): the parent's head means
+        # nothing here; a fresh one.
         init_state = {k: v for k, v in init_state.items() if not k.startswith("head.")}
+    epochs = config.epochs or default_epochs(
+        train_size=len(data.train), batch_size=config.batch_size, has_weights=has_weights
+    )
+    patience = config.early_stopping_patience
+    if config.epochs is None and patience is not None:
+        patience *= max(1, epochs // DEFAULT_EPOCHS)  # patience stretches with the floor
+    store = None
+    if task.modality != Modality.TABULAR:  # tabular features cost less to compute than to store
+        dir_ = Path(feature_dir) if feature_dir else work_dir / "features"
+        if feature_dir or requested == "auto":
+            store = FeatureStore(directory=dir_, data_key=_data_key(dataset_dir, config))
     options = LoopOptions(
         mean=spec.mean,
         std=spec.std,
@@ -183,34 +253,32 @@ def train(
         optimizer=config.optimizer,
         weight_decay=config.weight_decay,
         scheduler=config.scheduler,
-        early_stopping_patience=config.early_stopping_patience,
+        early_stopping_patience=patience,
         augment=config.augment,
         seed=config.seed,
         device=config.device,
         label_smoothing=config.label_smoothing,
         class_weights=config.class_weights,
-        modality=_MODALITY[task],
+        modality=str(task.modality),
+        probe=config.probe,
+        refit=config.refit,
+        task=str(task.name),
+        loss=config.loss,
     )
 
     def make_model() -> TransferModel:
         return build_model(
             base_model=config.base_model,
-            num_classes=len(data.classes),
+            num_classes=head_size,
             pretrained=config.pretrained,
             state_dict=init_state,
             seed=config.seed,
             num_inputs=num_inputs,
         )
 
-    strategy, trainable_blocks, lr = (
-        config.strategy,
-        config.trainable_blocks,
-        config.learning_rate,
-    )
-    # A model trained here starts from learned statistics just like base weights do.
-    has_weights = config.pretrained or init_state is not None
+    strategy, trainable_blocks, lr = requested, config.trainable_blocks, config.learning_rate
     leaderboard = None
-    if config.strategy == "auto":
+    if strategy == "auto":
         leaderboard = auto.search(
             make_model=make_model,
             pretrained=has_weights,
@@ -220,22 +288,25 @@ def train(
             learning_rate=config.learning_rate,
             lr_decay=config.lr_decay,
             budget_epochs=config.auto_budget_epochs,
+            budget_seconds=config.auto_budget_seconds,
+            feature_store=store,
             work_dir=work_dir / "auto",
             on_epoch=on_epoch,
             should_stop=should_stop,
         )
+        name = task.objective_class.score_name
+        for entry in leaderboard:  # also under the score's own name (val_accuracy, ...)
+            entry[f"val_{name}"] = entry["val_score"]
         best = leaderboard[0]
         best["chosen"] = True
-        strategy, trainable_blocks, lr = (
-            best["strategy"],
-            best["trainable_blocks"],
-            best["learning_rate"],
-        )
+        strategy, trainable_blocks = best["strategy"], best["trainable_blocks"]
+        lr = best["learning_rate"] or config.learning_rate  # None: the probe won
+        options = replace(options, probe=True)  # the final run starts from the probe too
 
     plans = plan_schedule(
         strategy=strategy,
         num_blocks=blocks,
-        epochs=config.epochs,
+        epochs=epochs,
         learning_rate=lr,
         trainable_blocks=trainable_blocks,
         unfreeze_every=config.unfreeze_every,
@@ -257,6 +328,7 @@ def train(
         },
         on_epoch=on_epoch,
         should_stop=should_stop,
+        feature_store=store,
     )
 
     artifact_dir = save_artifact(
@@ -265,19 +337,26 @@ def train(
         base_model=config.base_model,
         classes=data.classes,
         image_size=config.image_size,
-        task=task,
+        task=str(task.name),
         meta=getattr(data, "meta", {}),
         max_length=config.max_length,
+        extra=result.extra,
     )
     assert result.test_pred is not None
+    objective = task.objective(
+        classes=data.classes, train_targets=data.train.labels, options=options
+    )
+    extra = result.extra or {}
     return TrainResult(
         artifact_dir=artifact_dir,
         classes=data.classes,
-        metrics=classification_metrics(data.test.labels, result.test_pred, data.classes),
+        metrics=objective.metrics(result.test_pred, data.test.labels, extra),
         history=result.history,
         best_epoch=result.best_epoch,
         leaderboard=leaderboard,
-        val_metrics=classification_metrics(data.val.labels, result.val_pred, data.classes),
+        val_metrics=objective.metrics(result.val_pred, data.val.labels, extra),
+        strategy=strategy,
+        epochs=epochs,
     )
 
 
@@ -291,10 +370,12 @@ def save_artifact(
     task: str = "image_classification",
     meta: dict | None = None,
     max_length: int = text.DEFAULT_MAX_LENGTH,
+    extra: dict | None = None,
 ) -> Path:
     """model.safetensors + config.json: everything inference needs, with no base-weights
     package (a text model gets a copy of its tokenizer files, a tabular model its
-    preprocessing in config.json). Written to a sibling temp dir then renamed, so a
+    preprocessing in config.json; a multi-label model its thresholds, a regression its
+    target's mean and std: `extra`, from the task). Written to a sibling temp dir then renamed, so a
     reader never sees half."""
     spec = get_base_model(base_model)
     meta = meta or {}
@@ -309,21 +390,15 @@ def save_artifact(
         "task": task,
         "architecture": base_model,
         "base_model": base_model,
-        "num_classes": len(classes),
+        "num_classes": get_task(task).head_size(classes),
         "classes": classes,
+        **(extra or {}),
     }
-    if task == text.TASK:
-        meta["tokenizer"].copy_to(tmp / "tokenizer")
-        config.update(max_length=max_length, tokenizer="tokenizer")
-    elif task == tabular.TASK:
-        config.update(
-            num_inputs=meta["preprocessing"]["width"], preprocessing=meta["preprocessing"]
+    config.update(
+        ARTIFACT_FIELDS[get_task(task).modality](
+            tmp, spec=spec, meta=meta, image_size=image_size, max_length=max_length
         )
-    else:
-        config.update(
-            image_size=image_size,
-            normalisation={"mean": list(spec.mean), "std": list(spec.std)},
-        )
+    )
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if artifact_dir.exists():
         shutil.rmtree(artifact_dir)
@@ -339,18 +414,89 @@ def load_artifact(artifact_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, load_file(artifact_dir / "model.safetensors")
 
 
-_MODALITY = {"image_classification": "image", text.TASK: "text", tabular.TASK: "tabular"}
+LOSSES = (None, "mse", "huber")
 
 
-def _dataset_task(dataset_dir: Path) -> str:
+def _load_image(dataset_dir: Path, *, config: TrainConfig, cache_dir: Path, init_config, task):
+    return load_dataset(
+        dataset_dir,
+        image_size=config.image_size,
+        cache_dir=cache_dir,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        task=str(task.name),
+    )
+
+
+def _load_text(dataset_dir: Path, *, config: TrainConfig, cache_dir: Path, init_config, task):
+    return text.load_text_dataset(
+        dataset_dir,
+        max_length=config.max_length,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        task=str(task.name),
+    )
+
+
+def _load_tabular(dataset_dir: Path, *, config: TrainConfig, cache_dir: Path, init_config, task):
+    return tabular.load_tabular_dataset(
+        dataset_dir,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        preprocessing=(init_config or {}).get("preprocessing"),
+        task=str(task.name),
+    )
+
+
+# Per modality: the loader (-> ImageData / TensorData with the task's targets) and what
+# config.json carries for inference beside the weights.
+LOADERS = {Modality.IMAGE: _load_image, Modality.TEXT: _load_text, Modality.TABULAR: _load_tabular}
+
+
+def _image_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
+    return {
+        "image_size": image_size,
+        "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
+    }
+
+
+def _text_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
+    meta["tokenizer"].copy_to(tmp / "tokenizer")
+    return {"max_length": max_length, "tokenizer": "tokenizer"}
+
+
+def _tabular_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
+    pre = meta["preprocessing"]
+    return {"num_inputs": pre["width"], "preprocessing": pre}
+
+
+ARTIFACT_FIELDS = {
+    Modality.IMAGE: _image_fields,
+    Modality.TEXT: _text_fields,
+    Modality.TABULAR: _tabular_fields,
+}
+
+
+def _data_key(dataset_dir: Path, config: TrainConfig) -> str:
+    """What the model's inputs depend on: the dataset's manifest (its samples, their
+    labels and splits), how train is split into train/val, and the input size."""
+    manifest = (Path(dataset_dir) / "manifest.json").read_bytes()
+    parts = {
+        "manifest": hashlib.sha256(manifest).hexdigest(),
+        "val_fraction": config.val_fraction,
+        "seed": config.seed,
+        "image_size": config.image_size,
+        "max_length": config.max_length,
+    }
+    return json.dumps(parts, sort_keys=True)
+
+
+def _dataset_task(dataset_dir: Path) -> Task:
     try:
         manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
     except (OSError, ValueError) as e:
         raise DatasetError(f"cannot read dataset manifest in {dataset_dir}: {e}") from e
-    task = manifest.get("task", "image_classification")
-    if task not in _MODALITY:
-        raise DatasetError(f"unknown dataset task {task!r}")
-    return task
+    return get_task(manifest.get("task", "image_classification"))
 
 
 def _check_tabular_init(state: dict[str, torch.Tensor], num_inputs: int) -> None:

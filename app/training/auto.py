@@ -1,41 +1,72 @@
-"""Strategy "auto": a small, budgeted search on the validation split (the seed's
-"automated fine-tuning"), then the winner trains for the job's full epochs.
+"""Strategy "auto": successive halving on the validation split, with the exact probe as
+the first rung and the bar, then the winner trains for the job's full epochs.
 
-Candidates are (strategy, trainable_blocks, learning_rate) triples around the job's
-learning rate, cheapest first so a seconds budget cuts the expensive ones. Each
-candidate runs the same loop for a short number of epochs in its own work folder; a
-finished candidate's result is written next to its checkpoint, so a resumed job does not
-search again.
+Rung 0 is the exact linear probe on the frozen backbone (probe.py): one feature pass,
+a convex fit. Every other candidate, a (strategy, trainable_blocks, learning_rate)
+triple, starts from that probe's head (LP-FT) and keeps the probe's weights as its own
+best until an epoch beats them on validation, so no candidate, and no final model, is
+worse on validation than the probe. Rung r gives the surviving candidates 2^r epochs
+in all (a candidate continues from its own checkpoint: the loop's exact resume), then
+the better half goes on, until one is left or the budget (epochs, or seconds) is spent.
+
+Each candidate runs the same loop in its own work folder, with the frozen features
+shared through the feature store; a finished rung's result is written next to the
+candidate's checkpoint, so a resumed job does not search again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from app.training import checkpoint as ckpt
 from app.training.build import TransferModel
 from app.training.data import ImageData
+from app.training.errors import Cancelled
+from app.training.feature_store import FeatureStore
 from app.training.freeze import default_train_bn
 from app.training.loop import LoopOptions, fit
 from app.training.schedule import plan_schedule
 
+ETA = 2  # successive halving keeps 1/ETA of the candidates per rung
 
-def candidates(*, learning_rate: float, num_blocks: int) -> list[dict]:
+
+def candidates(*, learning_rate: float, num_blocks: int, pretrained: bool) -> list[dict]:
+    """Cheapest first. Pretrained: fine-tune the top, a deeper top at a lower rate,
+    gradual unfreezing, everything at a tenth of the rate (LP-FT tunes gently from the
+    probe's head). Random weights: `full` at three rates (nothing may stay frozen)."""
+    if not pretrained:
+        return [
+            {"strategy": "full", "trainable_blocks": 0, "learning_rate": learning_rate * f}
+            for f in (3.0, 1.0, 0.3)
+        ]
     top = min(2, num_blocks)
+    deep = min(max(top + 1, num_blocks // 2), num_blocks)
     return [
-        {"strategy": "partial", "trainable_blocks": 0, "learning_rate": learning_rate},
         {"strategy": "partial", "trainable_blocks": top, "learning_rate": learning_rate},
+        {"strategy": "partial", "trainable_blocks": deep, "learning_rate": learning_rate * 0.3},
         {"strategy": "progressive", "trainable_blocks": 0, "learning_rate": learning_rate},
         {"strategy": "full", "trainable_blocks": 0, "learning_rate": learning_rate * 0.1},
     ]
 
 
-def _rank(entry: dict) -> tuple[float, float]:
-    return (-entry["val_accuracy"], entry["val_loss"])
+PROBE = {"strategy": "partial", "trainable_blocks": 0, "learning_rate": None}
+
+
+def _rank(entry: dict) -> tuple[float, float, int]:
+    # Ties (a candidate that never beat its starting probe) go to the cheaper model.
+    return (-entry["val_score"], entry["val_loss"], entry["trainable_params"])
+
+
+def _write(path: Path, entry: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entry))
+    os.replace(tmp, path)
 
 
 def search(
@@ -50,61 +81,137 @@ def search(
     budget_epochs: int,
     work_dir: Path,
     budget_seconds: float | None = None,
+    feature_store: FeatureStore | None = None,
     on_epoch: Callable[[dict], None] = lambda r: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> list[dict]:
     """Leaderboard entries, best first: {strategy, trainable_blocks, learning_rate,
-    val_accuracy, val_loss, seconds, trainable_params, epochs}."""
-    cands = candidates(learning_rate=learning_rate, num_blocks=num_blocks)
-    cands = cands[: max(1, budget_epochs)]  # at least one epoch per candidate
-    epochs = max(1, budget_epochs // len(cands))
-    board: list[dict] = []
+    val_score (the task's: accuracy, mAP, R²), val_loss, seconds, trainable_params,
+    epochs, rung}; the probe's entry has `"stage": "probe"` and no learning rate."""
+    work_dir = Path(work_dir)
+    options = replace(options, early_stopping_patience=None, probe=True)
     spent = 0.0
-    for i, cand in enumerate(cands):
-        cand_dir = Path(work_dir) / f"candidate-{i}"
-        done = cand_dir / "result.json"
-        if done.is_file():
-            entry = json.loads(done.read_text())
-        else:
-            if budget_seconds is not None and board and spent >= budget_seconds:
-                break
-            t0 = time.perf_counter()
-            plans = plan_schedule(
-                strategy=cand["strategy"],
-                num_blocks=num_blocks,
-                epochs=epochs,
-                learning_rate=cand["learning_rate"],
-                trainable_blocks=cand["trainable_blocks"],
-                unfreeze_every=1,
-                lr_decay=lr_decay,
-            )
-            result = fit(
+
+    def run(cand: dict, cand_dir: Path, epochs: int, upto: int, tag: dict) -> dict:
+        """Train `cand` (planned for `epochs`) up to epoch `upto`, resuming its folder."""
+        plans = plan_schedule(
+            strategy=cand["strategy"],
+            num_blocks=num_blocks,
+            epochs=epochs,
+            learning_rate=cand["learning_rate"] or learning_rate,
+            trainable_blocks=cand["trainable_blocks"],
+            unfreeze_every=1,
+            lr_decay=lr_decay,
+        )
+        reports: list[dict] = []
+
+        def seen(r: dict) -> None:
+            reports.append(r)
+            on_epoch({**r, "phase": "search", **tag})
+
+        try:
+            fit(
                 model=make_model(),
                 plans=plans,
                 data=data,
                 options=replace(
                     options,
-                    early_stopping_patience=None,
                     train_bn=default_train_bn(strategy=cand["strategy"], pretrained=pretrained),
                 ),
                 work_dir=cand_dir,
-                fingerprint={"candidate": cand},
+                fingerprint={"candidate": cand, "epochs": epochs},
                 evaluate_test=False,
-                on_epoch=lambda r, i=i: on_epoch({**r, "phase": "search", "candidate": i}),
-                should_stop=should_stop,
+                on_epoch=seen,
+                should_stop=lambda: should_stop() or any(r["epoch"] >= upto for r in reports),
+                feature_store=feature_store,
             )
-            entry = {
-                **cand,
-                "val_accuracy": result.best_val_accuracy,
-                "val_loss": result.best_val_loss,
-                "epochs": epochs,
-                "seconds": time.perf_counter() - t0,
-                "trainable_params": max(h["trainable_params"] for h in result.history),
-            }
-            tmp = done.with_suffix(".tmp")
-            tmp.write_text(json.dumps(entry))
-            os.replace(tmp, done)
-        spent += entry["seconds"]
-        board.append(entry)
-    board.sort(key=_rank)
-    return board
+        except Cancelled:
+            if should_stop():
+                raise  # the job's own stop, not the end of the rung
+        # The candidate's whole run so far (a resumed one reported only its new epochs).
+        state = ckpt.load_checkpoint(cand_dir / ckpt.CHECKPOINT_NAME)
+        assert state is not None
+        history = state["history"]
+        return {
+            "best": {k: state["best"][k] for k in ("val_score", "val_loss", "epoch")},
+            "epochs": state["epoch"],
+            "probe": history[0],
+            "trainable_params": max(h["trainable_params"] for h in history),
+        }
+
+    # ---- rung 0: the exact probe, the bar
+    probe_dir = work_dir / "probe"
+    done = probe_dir / "result.json"
+    if done.is_file():
+        probe = json.loads(done.read_text())
+    else:
+        t0 = time.perf_counter()
+        out = run(PROBE, probe_dir, 1, 1, {"candidate": "probe"})
+        first = out["probe"]
+        probe = {
+            **PROBE,
+            "stage": "probe",
+            "val_score": first["val_score"],
+            "val_loss": first["val_loss"],
+            "C": first.get("C"),
+            "epochs": 0,
+            "rung": 0,
+            "seconds": time.perf_counter() - t0,
+            "trainable_params": out["trainable_params"],
+        }
+        probe_dir.mkdir(parents=True, exist_ok=True)
+        _write(done, probe)
+    spent += probe["seconds"]
+
+    # ---- successive halving over the candidates, each starting from the probe
+    cands = candidates(learning_rate=learning_rate, num_blocks=num_blocks, pretrained=pretrained)
+    rungs = max(1, math.ceil(math.log(len(cands), ETA)) + 1)
+    max_epochs = ETA ** (rungs - 1)  # a candidate's plan: as long as the last rung
+    board = {i: None for i in range(len(cands))}
+    alive = list(range(len(cands)))
+    used_epochs = 0
+    for rung in range(rungs):
+        upto = ETA**rung
+        prev = ETA ** (rung - 1) if rung else 0
+        for i in alive:
+            cand_dir = work_dir / f"candidate-{i}"
+            done = cand_dir / f"rung-{rung}.json"
+            if done.is_file():
+                entry = json.loads(done.read_text())
+            else:
+                over_epochs = used_epochs + (upto - prev) > budget_epochs
+                over_seconds = budget_seconds is not None and spent >= budget_seconds
+                if over_epochs or over_seconds:
+                    alive = []  # the budget is spent: the best so far wins
+                    break
+                t0 = time.perf_counter()
+                out = run(cands[i], cand_dir, max_epochs, upto, {"candidate": i, "rung": rung})
+                best = out["best"]  # the best epoch so far, the probe (0) included
+                entry = {
+                    **cands[i],
+                    "val_score": best["val_score"],
+                    "val_loss": best["val_loss"],
+                    "best_epoch": best["epoch"],
+                    "epochs": out["epochs"],
+                    "rung": rung,
+                    "seconds": (board[i]["seconds"] if board[i] else 0.0)
+                    + time.perf_counter()
+                    - t0,
+                    "trainable_params": out["trainable_params"],
+                }
+                cand_dir.mkdir(parents=True, exist_ok=True)
+                _write(done, entry)
+            spent += entry["seconds"] - (board[i]["seconds"] if board[i] else 0.0)
+            used_epochs += upto - prev
+            board[i] = entry
+        if not alive:
+            break
+        # The better half goes on; one that does not beat the probe stops here.
+        ranked = sorted(alive, key=lambda i: _rank(board[i]))
+        keep = max(1, math.ceil(len(alive) / ETA))
+        alive = [i for i in ranked[:keep] if _rank(board[i]) < _rank(probe)]
+        if len(alive) <= 1:  # the final run trains the winner; nothing left to compare
+            break
+    entries = [probe, *(e for e in board.values() if e is not None)]
+    entries.sort(key=_rank)
+    return entries

@@ -100,6 +100,8 @@ class BaseModel:
     task: str = TASK
     pool: Callable[[], nn.Module] | None = None  # None: global average pooling (images)
     sized_to_inputs: bool = False  # build(pretrained, num_inputs=...) (tabular)
+    # False: "pretrained" is only a seeded random init, so nothing may stay frozen by default
+    pretrained_weights: bool = True
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite
@@ -275,6 +277,7 @@ REGISTRY: dict[str, BaseModel] = {
             task=tabular.TASK,
             pool=nn.Identity,
             sized_to_inputs=True,
+            pretrained_weights=False,
         ),
     ]
 }

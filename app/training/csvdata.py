@@ -17,8 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.training.data import split_indices
+from app.training.data import check_classes, split_indices
 from app.training.errors import DatasetError
+from app.training.tasks import (
+    DEFAULT_SEPARATOR,
+    encode_targets,
+    get_task,
+    parse_cell,
+    stratify_classes,
+)
 
 
 @dataclass
@@ -43,6 +50,7 @@ class TensorData:
 
 
 def read_csv_dataset(dataset_dir: Path, *, task: str) -> tuple[dict, list[dict]]:
+    # `task`: the dataset's (any kind of the loader's modality)
     """(manifest, rows as dicts) of an ingested CSV dataset of `task`."""
     dataset_dir = Path(dataset_dir)
     try:
@@ -51,8 +59,7 @@ def read_csv_dataset(dataset_dir: Path, *, task: str) -> tuple[dict, list[dict]]
         raise DatasetError(f"cannot read dataset manifest in {dataset_dir}: {e}") from e
     if manifest.get("task") != task:
         raise DatasetError(f"dataset task is {manifest.get('task')!r}, not {task}")
-    if len(manifest.get("classes", [])) < 2:
-        raise DatasetError("a classification dataset needs at least 2 classes")
+    check_classes(get_task(task).kind, manifest.get("classes", []))
     path = dataset_dir / manifest.get("data_file", "data.csv")
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -68,25 +75,35 @@ def split_rows(
     manifest: dict,
     val_fraction: float,
     seed: int,
-) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """(classes, labels, {"train"|"val"|"test": row indices}) with the image rules."""
-    classes = [str(c) for c in manifest["classes"]]
+) -> tuple[list[str], torch.Tensor, dict[str, np.ndarray]]:
+    """(classes, the task's targets, {"train"|"val"|"test": row indices}) with the image
+    rules. The label cell is a class, labels joined by `label_separator` (multi-label)
+    or a number (regression): tasks.parse_cell."""
+    kind = get_task(manifest.get("task")).kind
+    classes = [str(c) for c in manifest.get("classes", [])]
     index = {c: i for i, c in enumerate(classes)}
     label_column = manifest["label_column"]
     split_column = manifest.get("split_column", "split")
-    try:
-        labels = np.array([index[r[label_column]] for r in rows], dtype=np.int64)
-    except KeyError as e:
-        raise DatasetError(f"a row's label {e.args[0]!r} is not in the class list") from None
+    sep = manifest.get("label_separator", DEFAULT_SEPARATOR)
+    values = [
+        parse_cell(kind, r[label_column] or "", index, sep, n + 1) for n, r in enumerate(rows)
+    ]
+    y, labels = encode_targets(kind, values, classes)
     splits = np.array([r.get(split_column) or "train" for r in rows])
-    idx = split_indices(labels, splits, classes, val_fraction=val_fraction, seed=seed, unit="rows")
-    return classes, labels, idx
+    idx = split_indices(
+        labels,
+        splits,
+        stratify_classes(kind, classes),
+        val_fraction=val_fraction,
+        seed=seed,
+        unit="rows",
+    )
+    return classes, y, idx
 
 
 def make_splits(
-    inputs: torch.Tensor, labels: np.ndarray, idx: dict[str, np.ndarray]
+    inputs: torch.Tensor, y: torch.Tensor, idx: dict[str, np.ndarray]
 ) -> tuple[TensorSplit, TensorSplit, TensorSplit]:
-    y = torch.from_numpy(labels)
 
     def take(name: str) -> TensorSplit:
         t = torch.from_numpy(idx[name])

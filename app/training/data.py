@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from app.training.errors import DatasetError
 from app.training.presets import pil_to_uint8
+from app.training.tasks import Kind, encode_targets, get_task, stratify_classes
 
 MIN_PER_CLASS_TRAIN = 2  # one to train on, one for val when val is carved out
 
@@ -34,7 +35,7 @@ MIN_PER_CLASS_TRAIN = 2  # one to train on, one for val when val is carved out
 @dataclass
 class Split:
     images: torch.Tensor  # uint8 (N, 3, S, S)
-    labels: torch.Tensor  # int64 (N,)
+    labels: torch.Tensor  # the task's targets: int64 (N,), 0/1 (N, L) or values (N,)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -56,7 +57,7 @@ class ImageData:
         return torch.bincount(self.train.labels, minlength=len(self.classes)).tolist()
 
 
-def read_manifest(dataset_dir: Path) -> tuple[dict, bytes]:
+def read_manifest(dataset_dir: Path, task: str = "image_classification") -> tuple[dict, bytes]:
     """(parsed manifest, its raw bytes: part of the decode-cache key)."""
     path = Path(dataset_dir) / "manifest.json"
     try:
@@ -64,11 +65,16 @@ def read_manifest(dataset_dir: Path) -> tuple[dict, bytes]:
         manifest = json.loads(raw)
     except (OSError, ValueError) as e:
         raise DatasetError(f"cannot read dataset manifest {path}: {e}") from e
-    if manifest.get("task", "image_classification") != "image_classification":
-        raise DatasetError(f"dataset task is {manifest['task']!r}, not image_classification")
-    if len(manifest.get("classes", [])) < 2:
-        raise DatasetError("a classification dataset needs at least 2 classes")
+    if manifest.get("task", "image_classification") != task:
+        raise DatasetError(f"dataset task is {manifest['task']!r}, not {task}")
+    check_classes(get_task(task).kind, manifest.get("classes", []))
     return manifest, raw
+
+
+def check_classes(kind: Kind, classes: list) -> None:
+    """A classification needs 2 classes, a multi-label dataset 2 labels; a regression none."""
+    if kind != Kind.REGRESSION and len(classes) < 2:
+        raise DatasetError(f"a {kind} dataset needs at least 2 labels")
 
 
 def _decode_all(dataset_dir: Path, samples: list[dict], image_size: int) -> torch.Tensor:
@@ -82,6 +88,7 @@ def _decode_all(dataset_dir: Path, samples: list[dict], image_size: int) -> torc
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as img:
+                    img.draft("RGB", (image_size, image_size))  # JPEG: as predict decodes
                     out[i] = pil_to_uint8(img, image_size)
         except (
             OSError,
@@ -168,23 +175,29 @@ def load_dataset(
     cache_dir: Path,
     val_fraction: float = 0.15,
     seed: int = 0,
+    task: str = "image_classification",
 ) -> ImageData:
-    """Decoded (cached) and split dataset; raises DatasetError when unusable."""
-    manifest, manifest_bytes = read_manifest(dataset_dir)
-    classes = [str(c) for c in manifest["classes"]]
+    """Decoded (cached) and split dataset; raises DatasetError when unusable. A sample's
+    `label` is its class index, its label indices (multi-label) or its value
+    (regression): tasks.encode_targets."""
+    manifest, manifest_bytes = read_manifest(dataset_dir, task)
+    kind = get_task(task).kind
+    classes = [str(c) for c in manifest.get("classes", [])]
     samples = manifest.get("samples", [])
-    labels = np.array([int(s["label"]) for s in samples], dtype=np.int64)
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
-        raise DatasetError("a sample label is outside the class list")
+    y, labels = encode_targets(kind, [s["label"] for s in samples], classes)
     splits = np.array([s.get("split", "train") for s in samples])
 
     idx = split_indices(
-        labels, splits, classes, val_fraction=val_fraction, seed=seed, unit="images"
+        labels,
+        splits,
+        stratify_classes(kind, classes),
+        val_fraction=val_fraction,
+        seed=seed,
+        unit="images",
     )
     train_idx, val_idx, test_idx = idx["train"], idx["val"], idx["test"]
 
     images = _cached_images(dataset_dir, manifest_bytes, samples, image_size, cache_dir)
-    y = torch.from_numpy(labels)
 
     def split(idx: np.ndarray) -> Split:
         t = torch.from_numpy(idx)

@@ -2,7 +2,10 @@
 
 TorchScript and ONNX exports are self-contained: they take a float32 batch (N, 3, S, S)
 of RGB values in [0, 1] at the model's image size, normalise it themselves and return
-class probabilities (N, C) in the order of config.json's `classes`.
+the task's output (tasks.OUTPUTS): class probabilities (N, C) in the order of
+config.json's `classes` for a classification ("probabilities"), sigmoid scores (N, L)
+for multi-label ("scores"; config.json's `thresholds` turn them into labels), the
+de-standardised values (N, 1) for regression ("values").
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import nn
 
 from app.training.errors import InvalidInput
 from app.training.inference import Predictor
+from app.training.tasks import Modality, get_task
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 FILENAMES = {
@@ -27,14 +31,14 @@ FILENAMES = {
 
 
 class _Exported(nn.Module):
-    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor, output: nn.Module):
         super().__init__()
-        self.model = model
+        self.model, self.output = model, output
         self.register_buffer("mean", mean.view(1, 3, 1, 1).clone())
         self.register_buffer("std", std.view(1, 3, 1, 1).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std).softmax(1)
+        return self.output(self.model((x - self.mean) / self.std))
 
 
 def export(artifact_dir: Path, fmt: str) -> Path:
@@ -45,16 +49,20 @@ def export(artifact_dir: Path, fmt: str) -> Path:
     target = artifact_dir / FILENAMES[fmt]
     if target.exists():
         return target
-    task = json.loads((artifact_dir / "config.json").read_text()).get("task")
-    if task not in (None, "image_classification"):
+    config = json.loads((artifact_dir / "config.json").read_text())
+    task = get_task(config.get("task"))
+    if task.modality != Modality.IMAGE:
         # Text and tabular models need their tokenizer / preprocessing beside the graph.
         raise InvalidInput(
-            f"a {task} model exports as safetensors (with config.json) only",
+            f"a {task.name} model exports as safetensors (with config.json) only",
             code="invalid_format",
         )
     predictor = Predictor.load(artifact_dir, device="cpu")
     wrapped = _Exported(
-        predictor.model.float().eval(), predictor.preset.mean, predictor.preset.std
+        predictor.model.float().eval(),
+        predictor.preset.mean,
+        predictor.preset.std,
+        task.output.layer(config),
     ).eval()
     example = torch.rand(1, 3, predictor.image_size, predictor.image_size)
     buf = io.BytesIO()
@@ -69,9 +77,9 @@ def export(artifact_dir: Path, fmt: str) -> Path:
                 buf,
                 dynamo=False,
                 input_names=["images"],
-                output_names=["probabilities"],
+                output_names=[task.output.name],
                 opset_version=17,
-                dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+                dynamic_axes={"images": {0: "batch"}, task.output.name: {0: "batch"}},
             )
     tmp = target.with_suffix(target.suffix + ".tmp")
     tmp.write_bytes(buf.getvalue())

@@ -4,6 +4,12 @@ When no epoch of a job trains the stem and the lowest blocks, and augmentation i
 their output for a given image never changes. Computing it once (eval mode, inference
 mode, large batches) and training the rest on those tensors makes a linear probe cost
 about one forward pass instead of one per epoch.
+
+On the CPU that pass runs on the fastest runtime for the frozen prefix (runtime.py: ONNX
+Runtime, eager channels_last or eager, chosen by a cached measurement, each checked
+against eager first); the choice goes into `info["runtime"]` for the job's history.
+Small passes (under `runtime_min_samples` inputs) stay eager: exporting and timing would
+cost more than they save.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import logging
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
+from app.training import runtime
 from app.training.build import TransferModel
 from app.training.presets import EvalPreset
 
@@ -22,6 +30,57 @@ log = logging.getLogger(__name__)
 
 class _TooLarge(Exception):
     pass
+
+
+# Below this many inputs in all, the frozen pass stays eager (an ONNX export of a
+# backbone prefix costs seconds the first time; timing the candidates, about a second).
+RUNTIME_MIN_SAMPLES = 512
+
+
+class FrozenPrefix(nn.Module):
+    """The eval preset, then the network from its input up to `level`: the part of the
+    model the feature cache runs, as one module to export."""
+
+    def __init__(self, model: TransferModel, level: int, preset: EvalPreset | None):
+        super().__init__()
+        self.stem, self.level, self.preset = model.stem, level, preset
+        self.blocks = nn.ModuleList(list(model.blocks)[: min(level, len(model.blocks))])
+        self.pool = model.pool if level == model.pooled_level else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preset is not None:
+            x = self.preset(x)
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.pool(x) if self.pool is not None else x
+
+
+def frozen_runner(
+    model: TransferModel,
+    level: int,
+    preset: EvalPreset | None,
+    sample: torch.Tensor,
+    cache_dir=None,
+) -> runtime.Runner:
+    """The fastest checked runtime for the frozen prefix on the CPU; `sample` is a few
+    real inputs (the first two name the export, the rest check and time it)."""
+    prefix = FrozenPrefix(model, level, preset).eval()
+    return runtime.prepare(
+        prefix,
+        example=sample[:2],
+        check=sample[:3],
+        trial=sample[:8],
+        cache_dir=cache_dir,
+        # The preset is not a weight: its numbers name the export too.
+        salt=f"level {level}; {preset_key(preset)}",
+    )
+
+
+def preset_key(preset: EvalPreset | None) -> str:
+    if preset is None:
+        return "no preset"
+    return f"mean {preset.mean.flatten().tolist()} std {preset.std.flatten().tolist()}"
 
 
 def cache_features(
@@ -36,11 +95,18 @@ def cache_features(
     check_stop: Callable[[], None],
     amp: contextlib.AbstractContextManager,
     channels_last: bool = False,
+    info: dict | None = None,
+    runtime_min_samples: int | None = None,
 ) -> list[torch.Tensor] | None:
-    """Features at `level` for each uint8 image tensor in `splits`, or None (logged) when
-    they would take more than `limit_bytes`."""
+    """Features at `level` for each uint8 image tensor (or text/tabular tensor) in
+    `splits`, or None (logged) when they would take more than `limit_bytes`. `info`, when
+    given, receives the runtime the pass ran on ({"runtime": name, ...})."""
     total = sum(len(s) for s in splits)
     model.eval()
+    forward = _forward(model, level, preset, splits, channels_last, total, runtime_min_samples)
+    if info is not None:
+        name = runtime.EAGER_CL if channels_last else runtime.EAGER
+        info.update(getattr(forward, "info", {"runtime": name}))
     out: list[torch.Tensor] = []
     try:
         for images in splits:
@@ -48,10 +114,7 @@ def cache_features(
             with torch.inference_mode(), amp:
                 for batch in images.split(batch_size):
                     check_stop()
-                    x = preset(to_device(batch))
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    chunks.append(model.features_at(x, level).float())
+                    chunks.append(forward(to_device(batch)).float())
                     # The size is known after the first batch: refuse before filling memory.
                     need = chunks[0][0].numel() * chunks[0].element_size() * total
                     if need > limit_bytes:
@@ -66,3 +129,32 @@ def cache_features(
         )
         return None
     return out
+
+
+def _forward(model, level, preset, splits, channels_last, total, min_samples):
+    """batch -> features at `level`: a runtime.Runner on the CPU for a pass big enough,
+    else eager as the model is (on CUDA in channels_last under the caller's autocast)."""
+    first = next((s for s in splits if len(s)), None)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    min_samples = RUNTIME_MIN_SAMPLES if min_samples is None else min_samples
+    if on_cpu and first is not None and total >= min_samples and len(first) >= 3:
+        image_preset = preset if isinstance(preset, EvalPreset) else None
+        if image_preset is not None or _is_identity(preset, first):
+            try:
+                return frozen_runner(model, level, image_preset, first[:16])
+            except Exception as exc:  # noqa: BLE001 - never fail a job over a speed-up
+                log.warning("frozen pass runs eager: runtime choice failed (%s)", exc)
+
+    def eager(batch: torch.Tensor) -> torch.Tensor:
+        x = preset(batch)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return model.features_at(x, level)
+
+    return eager
+
+
+def _is_identity(preset, sample: torch.Tensor) -> bool:
+    """Text and tabular models pass an identity preset."""
+    x = sample[:1]
+    return preset(x) is x

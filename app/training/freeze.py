@@ -61,13 +61,30 @@ def default_train_bn(*, strategy: str, pretrained: bool) -> bool:
     return strategy == "full" or not pretrained
 
 
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases and norm scales/shifts: no weight decay (timm's `param_groups_weight_decay`,
+    nanoGPT's `configure_optimizers`). Decay on them only pulls a BatchNorm scale or a
+    bias towards zero, which regularises nothing about the function's complexity."""
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
 def trainable_param_groups(model: TransferModel, plan: EpochPlan) -> list[dict]:
-    """Optimizer param groups for the trainable groups, each named, top -> bottom."""
+    """Optimizer param groups for the trainable groups, top -> bottom: per group its
+    weights (the optimizer's weight decay) then its biases and norm parameters (none);
+    each carries the group's name and learning rate."""
     modules = group_modules(model)
-    return [
-        {"params": list(modules[g].parameters()), "lr": plan.lr(g), "name": g}
-        for g in plan.trainable_groups()
-    ]
+    out = []
+    for g in plan.trainable_groups():
+        named = list(modules[g].named_parameters())
+        decay = [p for n, p in named if not _no_decay(n, p)]
+        plain = [p for n, p in named if _no_decay(n, p)]
+        if decay:
+            out.append({"params": decay, "lr": plan.lr(g), "name": g, "decay": True})
+        if plain:
+            out.append(
+                {"params": plain, "lr": plan.lr(g), "name": g, "decay": False, "weight_decay": 0.0}
+            )
+    return out
 
 
 def sync_optimizer(optimizer: torch.optim.Optimizer, model: TransferModel, plan: EpochPlan) -> None:
@@ -75,9 +92,9 @@ def sync_optimizer(optimizer: torch.optim.Optimizer, model: TransferModel, plan:
 
     `base_lr` is the plan's rate; the step loop sets `lr = base_lr * scheduler factor`.
     """
-    present = {g["name"] for g in optimizer.param_groups}
+    present = {(g["name"], g["decay"]) for g in optimizer.param_groups}
     for group in trainable_param_groups(model, plan):
-        if group["name"] not in present:
+        if (group["name"], group["decay"]) not in present:
             optimizer.add_param_group(group)
     for group in optimizer.param_groups:
         group["base_lr"] = plan.lr(group["name"])

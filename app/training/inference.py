@@ -4,11 +4,14 @@
 (`Predictor`), text (`TextPredictor`, with the tokenizer copied into the artifact) or
 tabular (`TabularPredictor`, with the preprocessing from config.json). Each has
 `check(inputs)` (validate a request's inputs, raising InvalidInput naming the problem;
-run in the request, before batching) and `predict(inputs, top_k)`.
+run in the request, before batching) and `predict(inputs, top_k)`. What predict returns
+per input comes from the task's kind (tasks.OUTPUTS): {label, score, top_k} for a
+classification, {labels, top_k} for multi-label, {value} for regression.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import warnings
@@ -17,23 +20,35 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from app.training import tabular, text
+from app.training import features, runtime, tabular, text
 from app.training.api import load_artifact
 from app.training.build import build_model
 from app.training.errors import InvalidInput
 from app.training.presets import EvalPreset, pil_to_uint8
+from app.training.tasks import Modality, get_task
 
 log = logging.getLogger(__name__)
 
+# TorchScript (deprecated) stays a candidate only for predict, where it can still win at
+# batch 1; the trial decides.
+PREDICT_CANDIDATES = (runtime.ONNX, runtime.EAGER_CL, runtime.TORCHSCRIPT, runtime.EAGER)
 
-def decode_image(data: bytes) -> Image.Image:
+
+def decode_image(data: bytes, size: int | None = None) -> Image.Image:
     """Fully decoded RGB image, or InvalidInput for non-images, truncated files and
-    decompression bombs (more pixels than PIL's Image.MAX_IMAGE_PIXELS)."""
+    decompression bombs (more pixels than PIL's Image.MAX_IMAGE_PIXELS).
+
+    With `size` (the model's image size), a JPEG is decoded by libjpeg at the smallest
+    of 1/1, 1/2, 1/4, 1/8 scale that still covers size x size (PIL `draft`), as training
+    decodes it (data.py): a 12 Mpx photo for a 224 px model decodes ~8x faster, and the
+    whole stream is still read, so truncation is still caught."""
     try:
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x the limit; we refuse from 1x.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
+                if size and img.format == "JPEG":
+                    img.draft("RGB", (size, size))
                 img.load()  # decode now: truncation shows up here, not later
                 return img.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -42,7 +57,20 @@ def decode_image(data: bytes) -> Image.Image:
         raise InvalidInput(f"not a readable image: {e}") from e
 
 
-class Predictor:
+class _TaskOutput:
+    """The task's output (tasks.OUTPUTS): the layer after the logits (softmax, sigmoid,
+    de-standardisation) and the response objects built from it."""
+
+    device: torch.device
+
+    def _set_task(self, config: dict) -> None:
+        self.config = config
+        self.task = str(get_task(config.get("task")).name)
+        self.output = get_task(self.task).output
+        self.output_layer = self.output.layer(config).to(self.device)
+
+
+class Predictor(_TaskOutput):
     def __init__(
         self,
         *,
@@ -52,12 +80,15 @@ class Predictor:
         preset: EvalPreset,
         device: torch.device,
         batch_size: int = 64,
+        config: dict | None = None,
     ):
         self.model, self.classes, self.image_size = model, classes, image_size
         self.preset, self.device, self.batch_size = preset, device, batch_size
+        self._set_task(config or {"classes": classes})
         # What predict runs on a uint8 batch: the preset then the eager model, or after
-        # optimise() one frozen graph of both.
+        # accelerate() the same on the fastest runtime (runtime.py).
         self.forward = _Normalised(model, preset)
+        self.runtime, self.runtime_info = runtime.EAGER, {"runtime": runtime.EAGER}
 
     @classmethod
     def load(cls, artifact_dir: Path, device: str = "cpu") -> Predictor:
@@ -77,43 +108,54 @@ class Predictor:
             image_size=config["image_size"],
             preset=EvalPreset(mean=norm["mean"], std=norm["std"]),
             device=dev,
+            config=config,
         )
 
-    def optimise(self) -> Predictor:
-        """Serve a frozen TorchScript graph of the eval model: BatchNorm folded into the
-        convolutions and no Python per layer (on 2 CPU cores: ~1.9x faster at batch 1,
-        ~1.4x at batch 16). Kept only if it agrees with the eager model on a batch size
-        other than the one traced; otherwise predict stays eager."""
-        size, eager = self.image_size, self.forward
+    def accelerate(self, cache_dir: Path | None = None) -> Predictor:
+        """Serve the eval model (preset included) on the fastest runtime for its device
+        that agrees with eager to 1e-4 (runtime.prepare: ONNX Runtime, a frozen
+        TorchScript graph, eager channels_last or eager, chosen by a short trial that is
+        remembered per architecture and size). The ONNX file is kept in `cache_dir`
+        (the artifact's `runtime/` folder). Any failure leaves predict eager (logged)."""
+        size = self.image_size
+        gen = torch.Generator().manual_seed(0)
+
+        def batch(n: int) -> torch.Tensor:
+            x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen)
+            return x.to(self.device)
+
+        cpu = self.device.type == "cpu"
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # TracerWarning, deprecation notices
-                example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
-                traced = torch.jit.trace(eager, example.to(self.device))
-                graph = torch.jit.freeze(traced.eval())
-                probe = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)
-                expected, got = eager(probe.to(self.device)), graph(probe.to(self.device))
-            if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-3):
-                raise ValueError(f"traced output differs by {(got - expected).abs().max():.2e}")
-        except Exception as exc:  # noqa: BLE001 - any tracing failure: stay eager
-            log.warning("predict runs the eager model: tracing failed (%s)", exc)
+            runner = runtime.prepare(
+                self.forward,
+                example=batch(2),
+                check=batch(3),  # a batch size other than the export's
+                trial=batch(8),
+                device=self.device,
+                candidates=PREDICT_CANDIDATES if cpu else (runtime.EAGER,),
+                cache_dir=cache_dir,
+                salt=features.preset_key(self.preset),
+            )
+        except Exception as exc:  # noqa: BLE001 - never fail a load over a speed-up
+            log.warning("predict runs the eager model: runtime choice failed (%s)", exc)
             return self
-        self.forward = graph
+        self.forward, self.runtime, self.runtime_info = runner, runner.name, runner.info
         return self
 
     def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (N,3,S,S) at image_size -> class probabilities (N, C) on the CPU."""
+        """uint8 (N,3,S,S) at image_size -> the task's outputs (N, head) on the CPU:
+        class probabilities, per-label scores or values."""
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), _amp(self.device):
             for chunk in batch.split(self.batch_size):
-                out.append(self.forward(chunk.to(self.device)).float().softmax(1).cpu())
-        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+                logits = self.forward(chunk.to(self.device)).float()
+                out.append(self.output_layer(logits).cpu())
+        head = self.config.get("num_classes", len(self.classes))
+        return torch.cat(out) if out else torch.empty(0, head)
 
     def predict_images(self, images: list[Image.Image], top_k: int = 1) -> list[dict]:
         """[{label, score, top_k: [{label, score}]}] in input order."""
         return self.predict(self.check(images), top_k)
-
-    task = "image_classification"
 
     def check(self, inputs: list) -> list[torch.Tensor]:
         """Decoded images -> uint8 (3, S, S) tensors at the model's size, as in training
@@ -126,7 +168,14 @@ class Predictor:
         """Inputs from check() -> [{label, score, top_k: [{label, score}]}] in order."""
         if not inputs:
             return []
-        return rank(self.predict_tensor(torch.stack(inputs)), self.classes, top_k)
+        return self.output.present(self.predict_tensor(torch.stack(inputs)), self.config, top_k)
+
+
+def _amp(device: torch.device):
+    """bf16 autocast on CUDA, as training evaluates; nothing on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class _Normalised(torch.nn.Module):
@@ -140,24 +189,19 @@ class _Normalised(torch.nn.Module):
         return self.model(self.preset(x))
 
 
-def rank(probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict]:
-    """Class probabilities (N, C) -> [{label, score, top_k: [{label, score}]}]."""
-    k = max(1, min(top_k, len(classes)))
-    scores, idx = probs.topk(k, dim=1)
-    out = []
-    for s_row, i_row in zip(scores.tolist(), idx.tolist(), strict=True):
-        ranked = [{"label": classes[i], "score": s} for s, i in zip(s_row, i_row, strict=True)]
-        out.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
-    return out
-
-
-class _TensorPredictor:
+class _TensorPredictor(_TaskOutput):
     """Shared by text and tabular: encode the inputs to one tensor, forward in chunks."""
 
-    task = ""
-
-    def __init__(self, *, model: torch.nn.Module, classes: list[str], device: torch.device):
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        classes: list[str],
+        device: torch.device,
+        config: dict | None = None,
+    ):
         self.model, self.classes, self.device, self.batch_size = model, classes, device, 64
+        self._set_task(config or {"classes": classes})
 
     def encode(self, inputs: list) -> torch.Tensor:
         raise NotImplementedError
@@ -172,13 +216,12 @@ class _TensorPredictor:
         out = []
         with torch.inference_mode():
             for chunk in x.split(self.batch_size):
-                out.append(self.model(chunk.to(self.device)).float().softmax(1).cpu())
-        return rank(torch.cat(out), self.classes, top_k)
+                logits = self.model(chunk.to(self.device)).float()
+                out.append(self.output_layer(logits).cpu())
+        return self.output.present(torch.cat(out), self.config, top_k)
 
 
 class TextPredictor(_TensorPredictor):
-    task = text.TASK
-
     def __init__(self, *, tokenizer: text.TextTokenizer, **kw):
         super().__init__(**kw)
         self.tokenizer = tokenizer
@@ -191,30 +234,73 @@ class TextPredictor(_TensorPredictor):
         return self.tokenizer(inputs)
 
 
-class TabularPredictor(_TensorPredictor):
-    task = tabular.TASK
+# A standard-scaled feature further than this from the training mean is refused: the
+# model's output would overflow toward inf, and its scores to NaN.
+MAX_Z = 1e6
 
+
+class TabularPredictor(_TensorPredictor):
     def __init__(self, *, preprocessing: dict, **kw):
         super().__init__(**kw)
         self.preprocessing = preprocessing
         self.columns = [f["column"] for f in preprocessing["features"]]
 
     def check(self, inputs: list) -> list:
-        """Rows are encoded here (in the request): errors name the row and column."""
-        return list(tabular.encode_rows(self.preprocessing, inputs, strict=True))
+        """Rows are encoded here (in the request): errors name the row and column. Values
+        must encode to finite numbers within MAX_Z standard deviations of the training
+        mean, so the model's output is always finite (no NaN score)."""
+        self._precheck(inputs)
+        encoded = tabular.encode_rows(self.preprocessing, inputs, strict=True)
+        bad = ~(torch.isfinite(encoded) & (encoded.abs() <= MAX_Z))
+        if bad.any():
+            i, j = (int(v) for v in bad.nonzero()[0])
+            raise InvalidInput(
+                f"inputs[{i}].{self._column_of(j)}: too far from the training data "
+                f"(more than {MAX_Z:.0e} standard deviations from its mean)"
+            )
+        return list(encoded)
+
+    def _precheck(self, inputs: list) -> None:
+        """What encode_rows would choke on: containers as values (whose repr could
+        recurse), integers too large for a float."""
+        for i, row in enumerate(inputs):
+            if not isinstance(row, dict):
+                continue  # encode_rows names it
+            for col in self.columns:
+                v = row.get(col)
+                if isinstance(v, list | dict):
+                    raise InvalidInput(
+                        f"inputs[{i}].{col}: expected a number, a string or null, "
+                        f"got {type(v).__name__}"
+                    )
+                if isinstance(v, int) and not isinstance(v, bool):
+                    try:
+                        float(v)
+                    except OverflowError:
+                        raise InvalidInput(
+                            f"inputs[{i}].{col}: integer too large ({len(str(abs(v)))} digits)"
+                        ) from None
+
+    def _column_of(self, j: int) -> str:
+        """The feature column that encoded column j belongs to."""
+        start = 0
+        for f in self.preprocessing["features"]:
+            width = len(f["categories"]) if f["type"] != "numeric" else 1 + f["indicator"]
+            if j < start + width:
+                return f["column"]
+            start += width
+        return "?"
 
     def encode(self, inputs: list) -> torch.Tensor:
         return torch.stack(inputs)
 
 
-def load_predictor(
-    artifact_dir: Path, device: str = "cpu"
-) -> Predictor | TextPredictor | TabularPredictor:
-    """The predictor for the artifact's task."""
-    config, state = load_artifact(artifact_dir)
-    task = config.get("task", "image_classification")
-    if task == "image_classification":
-        return Predictor.load(artifact_dir, device=device).optimise()
+def _load_image(artifact_dir: Path, config: dict, state: dict, device: str) -> Predictor:
+    predictor = Predictor.load(artifact_dir, device=device)
+    return predictor.accelerate(Path(artifact_dir) / "runtime")
+
+
+def _tensor_model(config: dict, state: dict, device: str) -> dict:
     model = build_model(
         base_model=config["architecture"],
         num_classes=config["num_classes"],
@@ -224,12 +310,30 @@ def load_predictor(
     )
     dev = torch.device(device)
     model.to(dev).eval()
-    common = {"model": model, "classes": config["classes"], "device": dev}
-    if task == text.TASK:
-        tokenizer = text.TextTokenizer(
-            Path(artifact_dir) / config["tokenizer"], config["max_length"]
-        )
-        return TextPredictor(tokenizer=tokenizer, **common)
-    if task == tabular.TASK:
-        return TabularPredictor(preprocessing=config["preprocessing"], **common)
-    raise InvalidInput(f"unknown model task {task!r}")
+    return {"model": model, "classes": config["classes"], "device": dev, "config": config}
+
+
+def _load_text(artifact_dir: Path, config: dict, state: dict, device: str) -> TextPredictor:
+    tokenizer = text.TextTokenizer(Path(artifact_dir) / config["tokenizer"], config["max_length"])
+    return TextPredictor(tokenizer=tokenizer, **_tensor_model(config, state, device))
+
+
+def _load_tabular(artifact_dir: Path, config: dict, state: dict, device: str) -> TabularPredictor:
+    return TabularPredictor(
+        preprocessing=config["preprocessing"], **_tensor_model(config, state, device)
+    )
+
+
+LOADERS = {Modality.IMAGE: _load_image, Modality.TEXT: _load_text, Modality.TABULAR: _load_tabular}
+
+
+def load_predictor(
+    artifact_dir: Path, device: str = "cpu"
+) -> Predictor | TextPredictor | TabularPredictor:
+    """The predictor for the artifact's task (its modality's loader)."""
+    config, state = load_artifact(artifact_dir)
+    try:
+        task = get_task(config.get("task", "image_classification"))
+    except Exception:  # noqa: BLE001 - an artifact from elsewhere: name its task
+        raise InvalidInput(f"unknown model task {config.get('task')!r}") from None
+    return LOADERS[task.modality](artifact_dir, config, state, device)

@@ -1,7 +1,8 @@
 """The one training loop. Strategies reach it only as a list of EpochPlans.
 
 Per epoch: apply the plan (freeze/unfreeze, BN modes, new optimizer groups), train,
-validate, keep the best weights (val accuracy, ties broken by lower val loss), write an
+validate, keep the best weights (the task's val score: accuracy, mAP or R², ties
+broken by lower val loss; the loss, score and probe come from the task, tasks.py), write an
 atomic checkpoint, report, and stop early when patience runs out. A checkpoint found in
 `work_dir` at start is resumed; with the same seed the result matches an uninterrupted
 run exactly on the CPU.
@@ -9,6 +10,13 @@ run exactly on the CPU.
 Frozen-feature cache: when augmentation is off, the prefix of the network that no epoch
 of the job ever trains (stem + lowest blocks, or the whole backbone for a linear probe)
 runs once per sample per job; training then starts from the cached features.
+
+Exact probe (`LoopOptions.probe`): before the first epoch, the head is fitted to the
+optimum of its convex loss on the frozen backbone's pooled features (probe.py), and
+that head is the bar every later epoch must beat on validation. When no epoch trains
+more than the head and the features are cached, the probe is the whole job; otherwise
+fine-tuning starts from it (LP-FT, Kumar et al. 2022). It is the history's first entry
+(`"stage": "probe"`, epoch 0) and is checkpointed like an epoch.
 
 Modalities: images arrive as uint8 tensors and go through the train/eval presets; text
 (token ids + mask) and tabular (encoded features) tensors go to the model as they are
@@ -19,19 +27,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from app.training import checkpoint as ckpt
 from app.training.build import TransferModel
 from app.training.data import ImageData
 from app.training.errors import Cancelled, CheckpointMismatch, InvalidConfig
+from app.training.feature_store import FeatureStore, cached
 from app.training.features import cache_features
 from app.training.freeze import (
     apply_plan,
@@ -43,7 +52,9 @@ from app.training.freeze import (
 )
 from app.training.optim import create_optimizer, create_scheduler
 from app.training.presets import EvalPreset, TrainPreset
+from app.training.runtime import train_channels_last
 from app.training.schedule import EpochPlan, frozen_level
+from app.training.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +78,10 @@ class LoopOptions:
     eval_batch_size: int = 256
     train_bn: bool = True  # False: BN keeps pretrained statistics (see freeze.py)
     modality: str = "image"  # "text" / "tabular": inputs need no preset (see above)
+    probe: bool = False  # fit the head exactly first (see above)
+    refit: bool = False  # a probe-only job: refit its head on train + val (see fit)
+    task: str = "image_classification"  # its kind supplies loss, score, probe (tasks.py)
+    loss: str | None = None  # regression: "huber" instead of MSE
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -77,11 +92,12 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 class FitResult:
     history: list[dict]
     best_epoch: int  # 1-based, as in the reports
-    best_val_accuracy: float
+    best_val_score: float  # the task's validation score (accuracy, mAP, R²)
     best_val_loss: float
-    val_pred: torch.Tensor
+    val_pred: torch.Tensor  # the task's outputs (classes, per-label scores, values)
     test_pred: torch.Tensor | None
     feature_level: int  # -1 when no frozen-feature cache was used
+    extra: dict | None = None  # what the task fitted for the artifact (thresholds, target)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,6 +169,12 @@ def _load_group_state(
         )
 
 
+def _set_head(model: TransferModel, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    with torch.no_grad():
+        model.head.weight.copy_(weight.to(model.head.weight))
+        model.head.bias.copy_(bias.to(model.head.bias))
+
+
 def _epoch_report(
     *,
     epoch: int,
@@ -160,7 +182,8 @@ def _epoch_report(
     model: TransferModel,
     train_loss: float,
     val_loss: float,
-    val_accuracy: float,
+    val_score: float,
+    score_name: str,
     epoch_seconds: list[float],
 ) -> dict:
     """The on_epoch payload; ETA from the mean epoch time so far."""
@@ -170,7 +193,8 @@ def _epoch_report(
         "epochs": len(plans),
         "train_loss": train_loss,
         "val_loss": val_loss,
-        "val_accuracy": val_accuracy,
+        "val_score": val_score,
+        f"val_{score_name}": val_score,
         "seconds": epoch_seconds[-1],
         "eta_seconds": (len(plans) - epoch - 1) * sum(epoch_seconds) / len(epoch_seconds),
         "schedule": [
@@ -197,14 +221,19 @@ def fit(
     evaluate_test: bool = True,
     on_epoch: Callable[[dict], None] = lambda r: None,
     should_stop: Callable[[], bool] = lambda: False,
+    feature_store: FeatureStore | None = None,
 ) -> FitResult:
-    """Train `model` in place along `plans`; the best epoch's weights end up in it."""
+    """Train `model` in place along `plans`; the best epoch's weights end up in it.
+
+    `feature_store`: where frozen features of this data are kept between jobs."""
     o = options
     device = resolve_device(o.device)
     cuda = device.type == "cuda"
     ckpt.seed_everything(o.seed)
     image = o.modality == "image"
-    channels_last = cuda and image
+    shape = (min(o.batch_size, 16), 3, o.image_size, o.image_size)
+    work = len(data.train) * len(plans)  # channels_last where it measures faster (runtime.py)
+    channels_last = image and train_channels_last(model, shape, device=device, work=work)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # faster convs with cuDNN
@@ -230,25 +259,42 @@ def fit(
     # ---- frozen-feature cache (features.py), else raw images through the whole model
     level = -1 if (o.augment and image) else frozen_level(plans, num_blocks)
     splits = [data.train, data.val] + ([data.test] if evaluate_test else [])
-    cached = None
-    if level >= 0:
-        cached = cache_features(
+    feature_runtime: dict = {}  # which runtime ran the frozen pass (runtime.py)
+    names = ["train", "val", "test"]
+
+    def frozen_features(at: int, parts: list) -> list[torch.Tensor] | None:
+        """Features at level `at` of `parts` (splits), from the store or computed."""
+
+        def compute() -> list[torch.Tensor] | None:
+            return cache_features(
+                model=model,
+                splits=[s.inputs for s in parts],
+                level=at,
+                preset=eval_preset,
+                to_device=to_device,
+                batch_size=o.eval_batch_size,
+                limit_bytes=o.feature_cache_limit_bytes,
+                check_stop=check_stop,
+                amp=amp,
+                channels_last=channels_last,
+                info=feature_runtime,
+            )
+
+        return cached(
+            store=feature_store,
             model=model,
-            splits=[s.inputs for s in splits],
-            level=level,
-            preset=eval_preset,
-            to_device=to_device,
-            batch_size=o.eval_batch_size,
-            limit_bytes=o.feature_cache_limit_bytes,
-            check_stop=check_stop,
-            amp=amp,
-            channels_last=channels_last,
+            level=at,
+            names=names[: len(parts)],
+            extra={"modality": o.modality, "mean": o.mean, "std": o.std, "amp": cuda},
+            compute=compute,
         )
-    if cached is None:
+
+    features = frozen_features(level, splits) if level >= 0 else None
+    if features is None:
         level = -1
         inputs = [_Inputs(s.inputs, s.labels, -1) for s in splits]
     else:
-        inputs = [_Inputs(t, s.labels, level) for t, s in zip(cached, splits, strict=True)]
+        inputs = [_Inputs(t, s.labels, level) for t, s in zip(features, splits, strict=True)]
     train_in, val_in = inputs[0], inputs[1]
     test_in = inputs[2] if evaluate_test else None
 
@@ -261,25 +307,61 @@ def fit(
             x = x.contiguous(memory_format=torch.channels_last)
         return model(x)
 
+    def pooled(inp: _Inputs) -> torch.Tensor:
+        """Pooled features of cached inputs, through the (frozen, eval mode) top blocks."""
+        if inp.level == model.pooled_level:
+            return inp.tensor
+        model.eval()
+        out = []
+        with torch.inference_mode(), amp:
+            for b in torch.arange(len(inp)).split(o.eval_batch_size):
+                h = to_device(inp.tensor[b])
+                for block in model.blocks[inp.level :]:
+                    h = block(h)
+                out.append(model.pool(h).float())
+        return torch.cat(out)
+
+    def probe_features() -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, val) pooled features of the backbone as it is now (frozen)."""
+        if level >= 0:
+            return pooled(train_in), pooled(val_in)
+        parts = [data.train, data.val]
+        got = frozen_features(model.pooled_level, parts)
+        if got is None:  # pooled vectors over the cache limit: compute them regardless
+            got = cache_features(
+                model=model,
+                splits=[s.inputs for s in parts],
+                level=model.pooled_level,
+                preset=eval_preset,
+                to_device=to_device,
+                batch_size=o.eval_batch_size,
+                limit_bytes=2**62,
+                check_stop=check_stop,
+                amp=amp,
+                channels_last=channels_last,
+            )
+            assert got is not None
+        return got[0], got[1]
+
     def predict(inp: _Inputs) -> tuple[torch.Tensor, float]:
-        """(predicted classes, mean plain cross-entropy) with the whole model in eval."""
+        """(the task's outputs, mean plain loss) with the whole model in eval."""
         model.eval()
         preds, loss_sum = [], 0.0
         with torch.inference_mode(), amp:
             for b in _batches(len(inp), o.eval_batch_size):
                 logits = logits_of(inp, b, train=False).float()
                 y = inp.labels[b].to(device)
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-                preds.append(logits.argmax(1).cpu())
+                loss_sum += objective.eval_loss(logits, y)
+                preds.append(objective.outputs(logits).cpu())
         return torch.cat(preds), loss_sum / max(1, len(inp))
 
-    # ---- loss
-    weight = None
-    if o.class_weights == "auto":
-        counts = torch.bincount(data.train.labels, minlength=len(data.classes)).float()
-        weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
-    elif o.class_weights is not None:
+    # ---- the task: loss, outputs, validation score, probe (tasks.py)
+    if o.class_weights not in (None, "auto"):
         raise InvalidConfig("class_weights must be null or 'auto'", field="class_weights")
+    objective = get_task(o.task).objective(
+        classes=data.classes, train_targets=data.train.labels, options=o
+    )
+    score_name = objective.score_name
 
     # ---- optimizer, scheduler, and (maybe) the state to resume from
     optimizer = create_optimizer(
@@ -309,7 +391,7 @@ def fit(
     path = Path(work_dir) / ckpt.CHECKPOINT_NAME
     state = ckpt.load_checkpoint(path)
     start, step, history = 0, 0, []
-    best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("inf"), "state": trainable_state()}
+    best = {"epoch": 0, "val_score": -math.inf, "val_loss": math.inf, "state": trainable_state()}
     bad_epochs = 0
     if state is not None:
         if state["fingerprint"] != fingerprint:
@@ -329,13 +411,81 @@ def fit(
         and bad_epochs >= o.early_stopping_patience
     )
 
+    def save(epoch: int) -> None:
+        """Checkpoint after `epoch` epochs (0: after the probe)."""
+        ckpt.save_checkpoint(
+            path,
+            {
+                "fingerprint": fingerprint,
+                "epoch": epoch,
+                "step": step,
+                "model": trainable_state(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": {"name": o.scheduler, "step": step},
+                "best": best,
+                "bad_epochs": bad_epochs,
+                "history": history,
+                "rng": ckpt.rng_state(),
+                "refit": refit_head,
+            },
+        )
+
+    # ---- the exact probe: the head at its optimum on the frozen backbone's features
+    head_only = all(p.trainable_groups() == ["head"] for p in plans)
+    probe_only = o.probe and head_only and level == model.pooled_level
+    # Refit: once validation has chosen C, the head is fitted again on train + val with
+    # it. Validation metrics stay those of the train-only head (the one it chose); only
+    # the test split, never seen, measures the refitted one.
+    refit_head = state.get("refit") if state is not None else None
+    if o.probe and state is None:
+        check_stop()
+        t0 = time.perf_counter()
+        tx, vx = probe_features()
+        fitted = objective.probe(tx, data.train.labels, vx, data.val.labels, seed=o.seed)
+        _set_head(model, fitted.weight, fitted.bias)
+        if probe_only and o.refit:
+            both = objective.probe(
+                torch.cat([tx, vx]),
+                torch.cat([data.train.labels, data.val.labels]),
+                vx,
+                data.val.labels,
+                seed=o.seed,
+                grid=(fitted.C,),
+            )
+            refit_head = {"weight": both.weight, "bias": both.bias}
+        best = {
+            "epoch": 0,
+            "val_score": fitted.val_score,
+            "val_loss": fitted.val_loss,
+            "state": trainable_state(),
+        }
+        report = {
+            "epoch": 0,
+            "epochs": len(plans),
+            "stage": "probe",
+            "train_loss": fitted.objective,
+            "val_loss": fitted.val_loss,
+            "val_score": fitted.val_score,
+            f"val_{score_name}": fitted.val_score,
+            "seconds": time.perf_counter() - t0,
+            "eta_seconds": None,
+            "C": fitted.C,
+            "grid": fitted.grid,
+            "iterations": fitted.iterations,
+            "trainable_params": count_params(model.head),
+            "refit": refit_head is not None,
+        }
+        history.append(report)
+        save(0)
+        on_epoch(report)
+
     # ---- epochs
-    epoch_seconds = [h["seconds"] for h in history]
+    epoch_seconds = [h["seconds"] for h in history if h.get("stage") != "probe"]
     # A linear head on cached feature vectors is too little work per step to split over
     # threads: the hand-offs cost more than the math (most of all on a shared CPU).
     single = level == model.pooled_level and not cuda
     with _threads(1) if single else contextlib.nullcontext():
-        for epoch in range(start, 0 if stopped else len(plans)):
+        for epoch in range(start, 0 if stopped or probe_only else len(plans)):
             t0 = time.perf_counter()
             plan = plans[epoch]
             apply_plan(model, plan)
@@ -352,9 +502,7 @@ def fit(
                 y = to_device(train_in.labels[b])
                 with amp:
                     logits = logits_of(train_in, b, train=True)
-                loss = F.cross_entropy(
-                    logits.float(), y, weight=weight, label_smoothing=o.label_smoothing
-                )
+                loss = objective.loss(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -364,12 +512,12 @@ def fit(
 
             train_seconds = time.perf_counter() - t0
             epoch_pred, val_loss = predict(val_in)
-            val_acc = float((epoch_pred == val_in.labels).float().mean())
-            # Ties in accuracy (common on small val sets) go to the lower loss.
-            if (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"]):
+            val_score = objective.score(epoch_pred, val_in.labels)
+            # Ties in the score (common on small val sets) go to the lower loss.
+            if (val_score, -val_loss) > (best["val_score"], -best["val_loss"]):
                 best = {
                     "epoch": epoch + 1,
-                    "val_accuracy": val_acc,
+                    "val_score": val_score,
                     "val_loss": val_loss,
                     "state": trainable_state(),
                 }
@@ -384,33 +532,24 @@ def fit(
                 model=model,
                 train_loss=loss_sum / max(1, seen),
                 val_loss=val_loss,
-                val_accuracy=val_acc,
+                val_score=val_score,
+                score_name=score_name,
                 epoch_seconds=epoch_seconds,
             )
             # The training steps alone (no validation), for throughput: len(train) / this.
             report["train_seconds"] = train_seconds
             report["train_samples"] = seen
+            stored = feature_runtime.get("runtime", "stored")  # no pass ran: read from disk
+            report["runtime"] = (features is not None and stored) or (
+                "eager_channels_last" if channels_last else "eager"
+            )
             history.append(report)
             stopped = (
                 o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
             )
             # Checkpoint before reporting: a crash in between repeats a report (same epoch
             # number, the consumer can dedupe) rather than losing an epoch.
-            ckpt.save_checkpoint(
-                path,
-                {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "model": trainable_state(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": {"name": o.scheduler, "step": step},
-                    "best": best,
-                    "bad_epochs": bad_epochs,
-                    "history": history,
-                    "rng": ckpt.rng_state(),
-                },
-            )
+            save(epoch + 1)
             on_epoch(report)
             if stopped:
                 log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
@@ -418,13 +557,17 @@ def fit(
 
     load_trainable_state(best["state"])
     val_pred, _ = predict(val_in)
+    extra = objective.finish(val_pred, val_in.labels)  # from the validated head, not a refit
+    if refit_head is not None:
+        _set_head(model, refit_head["weight"], refit_head["bias"])
     test_pred = predict(test_in)[0] if test_in is not None else None
     return FitResult(
         history=history,
         best_epoch=best["epoch"],
-        best_val_accuracy=best["val_accuracy"],
+        best_val_score=best["val_score"],
         best_val_loss=best["val_loss"],
         val_pred=val_pred,
         test_pred=test_pred,
         feature_level=level,
+        extra=extra,
     )

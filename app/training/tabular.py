@@ -148,10 +148,11 @@ def load_tabular_dataset(
     val_fraction: float = 0.15,
     seed: int = 0,
     preprocessing: dict | None = None,
+    task: str = TASK,
 ) -> TensorData:
-    """Encoded, split tabular dataset; meta["preprocessing"] is fitted on the training
-    split, or is `preprocessing` (a parent model's) when given."""
-    manifest, rows = read_csv_dataset(dataset_dir, task=TASK)
+    """Encoded, split tabular dataset (of any tabular_ task); meta["preprocessing"] is
+    fitted on the training split, or is `preprocessing` (a parent model's) when given."""
+    manifest, rows = read_csv_dataset(dataset_dir, task=task)
     classes, labels, idx = split_rows(rows, manifest=manifest, val_fraction=val_fraction, seed=seed)
     if preprocessing is None:
         preprocessing = fit_preprocessing(manifest, [rows[i] for i in idx["train"]])

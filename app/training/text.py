@@ -238,10 +238,16 @@ def check_texts(inputs: object) -> list[str]:
 
 
 def load_text_dataset(
-    dataset_dir: Path, *, max_length: int, val_fraction: float = 0.15, seed: int = 0
+    dataset_dir: Path,
+    *,
+    max_length: int,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    task: str = TASK,
 ) -> TensorData:
-    """Tokenized, split text dataset; meta["tokenizer"] is the TextTokenizer used."""
-    manifest, rows = read_csv_dataset(dataset_dir, task=TASK)
+    """Tokenized, split text dataset (of any text_ task); meta["tokenizer"] is the
+    TextTokenizer used."""
+    manifest, rows = read_csv_dataset(dataset_dir, task=task)
     column = manifest.get("text_column", "text")
     if rows and column not in rows[0]:
         raise DatasetError(f"text column {column!r} is not in the dataset")

@@ -11,6 +11,7 @@ from safetensors.torch import save
 
 from app.training.build import build_model
 from tests.csvdata import iris_csv
+from tests.helpers import digits_zip
 
 
 def _error(r, status: int, code: str | None = None) -> dict:
@@ -73,6 +74,32 @@ def test_tabular_jobs_need_a_tabular_base_model(api, iris):
         422,
     )
     assert "max_length" in err["message"]
+
+
+def test_a_job_spec_records_the_strategy_chosen_for_its_base_model(api, iris, tmp_path):
+    job = api.post("/v1/jobs", json={"dataset_id": iris["id"], "base_model": "mlp"})
+    assert job.status_code == 202, job.text
+    assert job.json()["spec"]["strategy"] == "full"  # random weights: nothing frozen
+    assert job.json()["spec"]["epochs"] is None  # chosen from the dataset size
+    for strategy in ("partial", "layerwise", "progressive"):
+        spec = {"dataset_id": iris["id"], "base_model": "mlp", "strategy": strategy}
+        err = _error(api.post("/v1/jobs", json=spec), 422)
+        assert "strategy" in err["message"] and "no pretrained weights" in err["message"]
+    archive = digits_zip(tmp_path / "d.zip", per_class=4, size=16, classes=2)
+    with archive.open("rb") as f:
+        images = api.post("/v1/datasets", files={"file": ("d.zip", f, "application/zip")})
+    assert images.status_code == 201, images.text
+    base = {"dataset_id": images.json()["id"], "base_model": "efficientnet_lite0"}
+    assert api.post("/v1/jobs", json=base).json()["spec"]["strategy"] == "partial"
+    err = _error(
+        api.post("/v1/jobs", json={**base, "pretrained": False, "strategy": "partial"}), 422
+    )
+    assert "strategy" in err["message"]
+    scratch = api.post("/v1/jobs", json={**base, "pretrained": False})
+    assert scratch.json()["spec"]["strategy"] == "full"
+    for bad in (0, -1, "soon"):
+        err = _error(api.post("/v1/jobs", json={**base, "auto_budget_seconds": bad}), 422)
+        assert "auto_budget_seconds" in err["message"]
 
 
 class _Planted:

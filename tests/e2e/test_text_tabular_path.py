@@ -71,17 +71,11 @@ def test_iris_and_text_end_to_end(service, tmp_path):
     iris = r.json()
     assert iris["num_samples"] == 120 and iris["classes"] == sorted(set(labels))
 
-    job = _job(
-        client,
-        dataset_id=iris["id"],
-        base_model="mlp",
-        strategy="full",
-        epochs=60,
-        learning_rate=0.01,
-        batch_size=16,
-        early_stopping_patience=None,
-    )
+    # Defaults only: random weights get `full`, and the step floor sets the epochs.
+    job = _job(client, dataset_id=iris["id"], base_model="mlp")
+    assert job["spec"]["strategy"] == "full" and job["history"][0]["stage"] == "probe"
     model = client.get(f"/v1/models/{job['model_id']}").json()
+    assert model["lineage"]["strategy"] == "full"
     assert model["task"] == "tabular_classification"
     assert model["metrics"]["accuracy"] >= 0.9, model["metrics"]  # its own test split
 

@@ -1,18 +1,20 @@
-"""strategy=auto searches on validation and keeps the best; pretrained=False trains
-from random init."""
+"""strategy=auto halves its candidates from the exact probe and keeps the best;
+pretrained=False trains everything from random init (frozen random layers are refused)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from app.training.api import TrainConfig, train
 from app.training.build import build_model
+from app.training.errors import InvalidConfig
 
 
-def test_auto_returns_leaderboard_and_trains_the_best(digits_small: Path, tmp_path: Path) -> None:
+def test_auto_halves_from_the_probe_and_trains_the_best(digits_small: Path, tmp_path: Path) -> None:
     config = TrainConfig(
         base_model="tiny_cnn",
         strategy="auto",
@@ -20,7 +22,7 @@ def test_auto_returns_leaderboard_and_trains_the_best(digits_small: Path, tmp_pa
         learning_rate=0.05,
         image_size=32,
         batch_size=16,
-        auto_budget_epochs=4,
+        auto_budget_epochs=6,
         device="cpu",
     )
     reports = []
@@ -32,7 +34,7 @@ def test_auto_returns_leaderboard_and_trains_the_best(digits_small: Path, tmp_pa
         on_epoch=reports.append,
     )
     board = result.leaderboard
-    assert board is not None and len(board) == 4
+    assert board is not None
     keys = {
         "strategy",
         "trainable_blocks",
@@ -41,41 +43,103 @@ def test_auto_returns_leaderboard_and_trains_the_best(digits_small: Path, tmp_pa
         "val_loss",
         "seconds",
         "trainable_params",
+        "epochs",
+        "rung",
     }
     assert all(keys <= set(entry) for entry in board)
-    ranks = [(-e["val_accuracy"], e["val_loss"]) for e in board]
-    assert ranks == sorted(ranks)
-    assert board[0].get("chosen") is True
-    assert sum(e["epochs"] for e in board) <= 4
-    # the final run (2 epochs) follows the winner's freezing
+    probe = next(e for e in board if e.get("stage") == "probe")
+    others = [e for e in board if e is not probe]
+    assert len(others) == 4 and probe["epochs"] == 0
+    # Every candidate starts from the probe's head and keeps it until it does better.
+    assert all(
+        (e["val_accuracy"], -e["val_loss"]) >= (probe["val_accuracy"], -probe["val_loss"])
+        for e in others
+    )
+    ranks = [(-e["val_accuracy"], e["val_loss"], e["trainable_params"]) for e in board]
+    assert ranks == sorted(ranks) and board[0].get("chosen") is True
+    # Successive halving: all four ran one epoch, at most half went on to two.
+    assert sorted(e["epochs"] for e in others)[:2] == [1, 1]
+    assert sum(e["epochs"] for e in others) <= config.auto_budget_epochs
+    assert len([e for e in others if e["rung"] == 1]) <= 2
+    assert {r["phase"] for r in reports if r.get("candidate") is not None} == {"search"}
+    # The final run: the probe, then the winner's epochs; never worse than the probe.
     final = [r for r in reports if r.get("phase") != "search"]
-    assert len(final) == 2 and len(result.history) == 2
-    trained = {s["group"] for s in final[0]["schedule"] if s["trainable"]}
-    expected_top = {"partial": 1 + board[0]["trainable_blocks"], "full": 5, "progressive": 2}[
-        board[0]["strategy"]
-    ]
-    assert len(trained) == expected_top
+    assert final[0]["stage"] == "probe" and result.history[0]["stage"] == "probe"
+    assert result.val_metrics["accuracy"] >= probe["val_accuracy"] - 1e-9
+    assert result.strategy == board[0]["strategy"]
+    if board[0].get("stage") != "probe":
+        assert len(final) == 3 and len(result.history) == 3
+        trained = {s["group"] for s in final[1]["schedule"] if s["trainable"]}
+        expected = {"partial": 1 + board[0]["trainable_blocks"], "full": 5, "progressive": 2}
+        assert len(trained) == expected[board[0]["strategy"]]
 
 
-def test_pretrained_false_trains_from_random_init(digits_small: Path, tmp_path: Path) -> None:
+def test_a_seconds_budget_stops_the_search_after_the_probe(
+    digits_small: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(
+        base_model="tiny_cnn",
+        strategy="auto",
+        epochs=2,
+        image_size=32,
+        auto_budget_seconds=1e-6,
+        device="cpu",
+    )
+    result = train(
+        config=config, dataset_dir=digits_small, work_dir=tmp_path / "w", cache_dir=tmp_path / "c"
+    )
+    assert [e.get("stage") for e in result.leaderboard] == ["probe"]
+    assert result.leaderboard[0]["chosen"] is True
+    # The probe won: the final job is the probe alone.
+    assert [h["stage"] for h in result.history] == ["probe"] and result.best_epoch == 0
+
+
+def test_pretrained_false_defaults_to_full_from_random_init(
+    digits_small: Path, tmp_path: Path
+) -> None:
     config = TrainConfig(
         base_model="efficientnet_lite0", pretrained=False, epochs=1, image_size=32, device="cpu"
     )
     result = train(
         config=config, dataset_dir=digits_small, work_dir=tmp_path / "w", cache_dir=tmp_path / "c"
     )
+    assert result.strategy == "full"
+    assert [h.get("stage") for h in result.history] == ["probe", None]
+    assert all(g["trainable"] for g in result.history[1]["schedule"])  # nothing frozen
     trained = load_file(result.artifact_dir / "model.safetensors")
     pre = build_model(base_model="efficientnet_lite0", num_classes=10, pretrained=True)
     assert not torch.equal(trained["stem.conv.weight"], pre.stem.conv.weight)
     scratch = build_model(base_model="efficientnet_lite0", num_classes=10, pretrained=False)
-    assert torch.equal(trained["stem.conv.weight"], scratch.stem.conv.weight)  # frozen
+    # The random init, then trained (or kept as the probe found it, if epoch 1 was worse).
+    if result.best_epoch >= 1:
+        assert not torch.equal(trained["stem.conv.weight"], scratch.stem.conv.weight)
+    else:
+        assert torch.equal(trained["stem.conv.weight"], scratch.stem.conv.weight)
+
+
+@pytest.mark.parametrize(
+    ("base_model", "pretrained", "strategy"),
+    [
+        ("efficientnet_lite0", False, "partial"),
+        ("efficientnet_lite0", False, "layerwise"),
+        ("mlp", True, "progressive"),
+    ],
+)
+def test_frozen_random_layers_are_refused(
+    tmp_path: Path, base_model: str, pretrained: bool, strategy: str
+) -> None:
+    config = TrainConfig(base_model=base_model, pretrained=pretrained, strategy=strategy)
+    with pytest.raises(InvalidConfig, match="no pretrained weights") as info:
+        train(
+            config=config,
+            dataset_dir=tmp_path / "absent",
+            work_dir=tmp_path / "w",
+            cache_dir=tmp_path / "c",
+        )
+    assert info.value.field == "strategy"
 
 
 def test_bad_config_is_refused_before_any_work(tmp_path: Path) -> None:
-    import pytest
-
-    from app.training.errors import InvalidConfig
-
     for field, value in [("trainable_blocks", 6), ("epochs", 0), ("strategy", "magic")]:
         config = TrainConfig(base_model="tiny_cnn", **{field: value})
         with pytest.raises(InvalidConfig) as info:

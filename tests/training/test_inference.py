@@ -58,28 +58,52 @@ def test_predictor_round_trip(digits_small: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("base_model", ["tiny_cnn", "efficientnet_lite0"])
-def test_optimised_predictor_runs_a_frozen_graph_that_matches_eager(base_model: str) -> None:
+def test_accelerated_predictor_runs_the_fastest_checked_runtime(
+    base_model: str, tmp_path, monkeypatch
+) -> None:
+    """accelerate() picks a runtime by a timed trial among those that match eager (ONNX
+    Runtime where installed), remembers the choice, and answers as eager does at batch
+    sizes other than the export's."""
+    from app.training import runtime
     from app.training.build import build_model, get_base_model
 
+    monkeypatch.setenv("FINETUNE_RUNTIME_DIR", str(tmp_path / "runtime"))
+    runtime.forget_choices()
     spec = get_base_model(base_model)
     torch.manual_seed(0)
     model = build_model(base_model=base_model, num_classes=5, pretrained=False).eval()
-    predictor = Predictor(
-        model=model,
-        classes=list("abcde"),
-        image_size=40,
-        preset=EvalPreset(mean=spec.mean, std=spec.std),
-        device=torch.device("cpu"),
-    )
-    batch = torch.randint(0, 256, (7, 3, 40, 40), dtype=torch.uint8)
-    eager = predictor.predict_tensor(batch)
-    assert predictor.optimise().forward is not model
-    assert isinstance(predictor.forward, torch.jit.ScriptModule)
-    for n in (1, 2, 7):  # traced at batch 2: other batch sizes give the same answers
-        torch.testing.assert_close(
-            predictor.predict_tensor(batch[:n]), eager[:n], atol=1e-4, rtol=0
+
+    def predictor() -> Predictor:
+        return Predictor(
+            model=model,
+            classes=list("abcde"),
+            image_size=40,
+            preset=EvalPreset(mean=spec.mean, std=spec.std),
+            device=torch.device("cpu"),
         )
-    assert predictor.model is model  # exports still trace the eager model
+
+    batch = torch.randint(0, 256, (7, 3, 40, 40), dtype=torch.uint8)
+    first = predictor()
+    eager = first.predict_tensor(batch)
+    assert first.runtime == "eager"
+    first.accelerate(tmp_path / "model-runtime")
+    info = first.runtime_info
+    assert first.runtime == info["runtime"] and info["chosen_by"] == "trial", info
+    assert set(info["trial_images_per_s"]) >= {"eager", "eager_channels_last", "torchscript"}
+    if runtime.onnxruntime_available():
+        assert "onnxruntime" in info["trial_images_per_s"], info
+        assert list((tmp_path / "model-runtime").glob("*.onnx"))
+    best = max(info["trial_images_per_s"], key=info["trial_images_per_s"].get)
+    assert first.runtime == best, info
+    for n in (1, 2, 7):  # exported at batch 2: other batch sizes give the same answers
+        torch.testing.assert_close(first.predict_tensor(batch[:n]), eager[:n], atol=1e-4, rtol=0)
+    # A second load of the same architecture and size reuses the choice: no trial.
+    second = predictor().accelerate(tmp_path / "model-runtime")
+    assert second.runtime == first.runtime
+    assert second.runtime_info["chosen_by"] == "remembered", second.runtime_info
+    choices = json.loads((tmp_path / "runtime" / "choices.json").read_text())
+    assert first.runtime in choices.values()
+    assert first.model is model  # exports still use the eager model
 
 
 def png_bytes(size: tuple[int, int] = (20, 20)) -> bytes:

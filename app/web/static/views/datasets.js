@@ -15,6 +15,12 @@ const TASKS = [
   ["image_classification", "Images (ZIP or tar of class folders)"],
   ["text_classification", "Text (CSV with a text and a label column)"],
   ["tabular_classification", "Tabular (CSV with a label column and feature columns)"],
+  ["image_multilabel", "Images, multi-label (archive with labels.csv: path,label as a|b)"],
+  ["image_regression", "Images, regression (archive with labels.csv: path,number)"],
+  ["text_multilabel", "Text, multi-label (labels joined by |)"],
+  ["text_regression", "Text, regression (a number in the label column)"],
+  ["tabular_multilabel", "Tabular, multi-label (labels joined by |)"],
+  ["tabular_regression", "Tabular, regression (a number in the label column)"],
 ];
 
 export async function datasetList(main, ctx) {
@@ -42,7 +48,10 @@ export async function datasetList(main, ctx) {
 }
 
 export function taskLabel(task) {
-  return { image_classification: "images", text_classification: "text", tabular_classification: "tabular" }[task] || task;
+  const [modality, kind] = [task.split("_")[0], task.split("_").slice(1).join("_")];
+  const name = { image: "images", text: "text", tabular: "tabular" }[modality];
+  if (!name) return task;
+  return kind === "classification" ? name : `${name}, ${kind === "multilabel" ? "multi-label" : kind}`;
 }
 
 function splitText(splits) {

@@ -198,7 +198,7 @@ export async function jobView(main, ctx, id) {
     } else {
       loss.push(0, { x: r.epoch, y: r.train_loss });
       loss.push(1, { x: r.epoch, y: r.val_loss });
-      acc.push(0, { x: r.epoch, y: r.val_accuracy });
+      acc.push(0, { x: r.epoch, y: r.val_score ?? r.val_accuracy }); // the task's score (R², mAP)
       loss.update();
       acc.update();
     }

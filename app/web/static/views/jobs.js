@@ -44,7 +44,12 @@ const TRAINING = [
   "seed",
   "device",
 ];
-const BY_TASK = { image_classification: ["image_size"], text_classification: ["max_length"], tabular_classification: [] };
+const BY_MODALITY = { image: ["image_size"], text: ["max_length"], tabular: [] };
+const BY_TASK = Object.fromEntries(
+  ["classification", "multilabel", "regression"].flatMap((kind) =>
+    Object.entries(BY_MODALITY).map(([m, knobs]) => [`${m}_${kind}`, kind === "regression" ? [...knobs, "loss"] : knobs]),
+  ),
+);
 
 export async function jobList(main, ctx) {
   const draw = (page) =>

@@ -5,12 +5,20 @@ import { COLORS, confusionHeatmap, lineChart } from "../charts.js";
 import { alertBox, card, clear, field, fmt, h, link, stat, table } from "../ui.js";
 import { taskLabel } from "./datasets.js";
 
-// What the page does per task: its "try it" input and its export formats. A task not in
-// the table (regression, multi-label, when they come) gets the generic metrics table.
+// What the page does per task: its "try it" input, its export formats and its kind
+// (classification, multilabel, regression: which metrics view). A task not in the table
+// gets the generic metrics table.
+const IMAGE_EXPORTS = ["safetensors", "torchscript", "onnx"];
 const TASKS = {
-  image_classification: { input: (o) => imageInput(o), exports: ["safetensors", "torchscript", "onnx"], classes: true },
-  text_classification: { input: (o) => textInput(o), exports: ["safetensors"], classes: true },
-  tabular_classification: { input: (o) => tabularInput(o), exports: ["safetensors"], classes: true },
+  image_classification: { input: (o) => imageInput(o), exports: IMAGE_EXPORTS, kind: "classification" },
+  image_multilabel: { input: (o) => imageInput(o), exports: IMAGE_EXPORTS, kind: "multilabel" },
+  image_regression: { input: (o) => imageInput(o), exports: IMAGE_EXPORTS, kind: "regression" },
+  text_classification: { input: (o) => textInput(o), exports: ["safetensors"], kind: "classification" },
+  text_multilabel: { input: (o) => textInput(o), exports: ["safetensors"], kind: "multilabel" },
+  text_regression: { input: (o) => textInput(o), exports: ["safetensors"], kind: "regression" },
+  tabular_classification: { input: (o) => tabularInput(o), exports: ["safetensors"], kind: "classification" },
+  tabular_multilabel: { input: (o) => tabularInput(o), exports: ["safetensors"], kind: "multilabel" },
+  tabular_regression: { input: (o) => tabularInput(o), exports: ["safetensors"], kind: "regression" },
 };
 
 export async function modelList(main, ctx) {
@@ -51,7 +59,8 @@ export async function modelView(main, ctx, id) {
     if (!(err instanceof ApiError) || err.status !== 404) throw err;
   }
 
-  const knownTask = TASKS[model.task]?.classes && m.per_class;
+  const kind = TASKS[model.task]?.kind;
+  const knownTask = kind === "classification" && m.per_class;
   const testSamples = m.per_class ? Object.values(m.per_class).reduce((a, c) => a + (c.support || 0), 0) : null;
 
   const base = model.base_model.startsWith("model:")
@@ -95,7 +104,11 @@ export async function modelView(main, ctx, id) {
             stat("macro F1", fmt.num(m.macro_f1)),
             stat("test samples", fmt.int(testSamples)),
           ]
-        : [],
+        : kind === "regression"
+          ? [stat("test R²", fmt.num(m.r2), { dataset: { testid: "r2" } }), stat("RMSE", fmt.num(m.rmse, 4)), stat("MAE", fmt.num(m.mae, 4))]
+          : kind === "multilabel"
+            ? [stat("micro F1", fmt.num(m.micro_f1), { dataset: { testid: "micro-f1" } }), stat("macro F1", fmt.num(m.macro_f1)), stat("mAP", fmt.num(m.map))]
+            : [],
       stat("classes", fmt.int(model.classes.length)),
       stat("task", taskLabel(model.task)),
       stat("base model", model.base_model),
@@ -117,8 +130,10 @@ export async function modelView(main, ctx, id) {
         card(null, m.confusion_matrix ? confusionHeatmap(model.classes, m.confusion_matrix) : h("p", {}, "No confusion matrix.")),
       ),
     );
+  } else if (kind === "multilabel" && m.per_label) {
+    sections.push(card("Per label (held-out test split, thresholds tuned on validation)", perLabelTable(m.per_label)));
   } else {
-    // A task this page does not know yet (regression, multi-label...): every scalar metric.
+    // Regression, or a task this page does not know: every scalar metric.
     sections.push(card("Metrics", genericMetrics(m)));
   }
 
@@ -136,7 +151,7 @@ export async function modelView(main, ctx, id) {
     const acc = lineChart({
       title: "Validation accuracy",
       yLabel: "accuracy",
-      series: [{ label: "validation", color: COLORS.acc, points: epochs.map((r) => ({ x: r.epoch, y: r.val_accuracy })) }],
+      series: [{ label: "validation", color: COLORS.acc, points: epochs.map((r) => ({ x: r.epoch, y: r.val_score ?? r.val_accuracy })) }],
       yMin: 0,
       yMax: 1,
     });
@@ -171,6 +186,21 @@ function perClassTable(classes, perClass) {
       { label: "Support", num: true, value: (r) => fmt.int(r.support) },
     ],
     rows,
+  );
+}
+
+function perLabelTable(perLabel) {
+  return table(
+    [
+      { label: "Label", value: (r) => r[0] },
+      { label: "F1", num: true, value: (r) => fmt.num(r[1].f1) },
+      { label: "Precision", num: true, value: (r) => fmt.num(r[1].precision) },
+      { label: "Recall", num: true, value: (r) => fmt.num(r[1].recall) },
+      { label: "Threshold", num: true, value: (r) => fmt.num(r[1].threshold) },
+      { label: "AP", num: true, value: (r) => fmt.num(r[1].ap) },
+      { label: "Support", num: true, value: (r) => fmt.int(r[1].support) },
+    ],
+    Object.entries(perLabel),
   );
 }
 
@@ -249,10 +279,16 @@ function tryIt(model) {
 }
 
 function predictionView(p) {
+  if (p.value !== undefined) {
+    return h("div", { class: "prediction" }, h("div", { class: "prediction-label" }, h("span", { class: "muted" }, "value "), h("strong", { class: "top-label" }, fmt.num(p.value, 4))));
+  }
+  const head = p.labels
+    ? h("div", { class: "prediction-label" }, h("span", { class: "muted" }, "labels "), h("strong", { class: "top-label" }, p.labels.length ? p.labels.join(", ") : "none"))
+    : h("div", { class: "prediction-label" }, h("span", { class: "muted" }, "label "), h("strong", { class: "top-label" }, p.label), ` · ${fmt.pct(p.score)}`);
   return h(
     "div",
     { class: "prediction" },
-    h("div", { class: "prediction-label" }, h("span", { class: "muted" }, "label "), h("strong", { class: "top-label" }, p.label), ` · ${fmt.pct(p.score)}`),
+    head,
     h(
       "ol",
       { class: "topk" },
