@@ -189,6 +189,34 @@ class _TensorPredictor:
 
     def __init__(self, *, model: torch.nn.Module, classes: list[str], device: torch.device):
         self.model, self.classes, self.device, self.batch_size = model, classes, device, 64
+        self.forward = model
+        self.runtime, self.runtime_info = runtime.EAGER, {"runtime": runtime.EAGER}
+
+    def samples(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """(example, check, trial, dynamic axes) for runtime.prepare."""
+        raise NotImplementedError
+
+    def accelerate(self, cache_dir: Path | None = None):
+        """As Predictor.accelerate: the encoded-input model on the fastest checked runtime
+        (ONNX Runtime or eager on the CPU), the choice remembered per architecture."""
+        if self.device.type != "cpu":
+            return self
+        try:
+            example, check, trial, dynamic = self.samples()
+            runner = runtime.prepare(
+                self.model,
+                example=example,
+                check=check,
+                trial=trial,
+                candidates=(runtime.ONNX, runtime.EAGER),
+                cache_dir=cache_dir,
+                dynamic=dynamic,
+            )
+        except Exception as exc:  # noqa: BLE001 - never fail a load over a speed-up
+            log.warning("predict runs the eager model: runtime choice failed (%s)", exc)
+            return self
+        self.forward, self.runtime, self.runtime_info = runner, runner.name, runner.info
+        return self
 
     def encode(self, inputs: list) -> torch.Tensor:
         raise NotImplementedError
@@ -203,7 +231,7 @@ class _TensorPredictor:
         out = []
         with torch.inference_mode():
             for chunk in x.split(self.batch_size):
-                out.append(self.model(chunk.to(self.device)).float().softmax(1).cpu())
+                out.append(self.forward(chunk.to(self.device)).float().softmax(1).cpu())
         return rank(torch.cat(out), self.classes, top_k)
 
 
@@ -220,6 +248,14 @@ class TextPredictor(_TensorPredictor):
 
     def encode(self, inputs: list) -> torch.Tensor:
         return self.tokenizer(inputs)
+
+    def samples(self):
+        # The export's length differs from the check's: the length axis must be dynamic.
+        words = "the service runs each model on the fastest runtime it measured".split()
+        short = [" ".join(words[:3]), " ".join(words[:5])]
+        longer = [" ".join(words * k) for k in (1, 2, 3)]
+        trial = [" ".join(words * 3)] * 4
+        return self.tokenizer(short), self.tokenizer(longer), self.tokenizer(trial), (0, 2)
 
 
 # A standard-scaled feature further than this from the training mean is refused: the
@@ -284,16 +320,23 @@ class TabularPredictor(_TensorPredictor):
     def encode(self, inputs: list) -> torch.Tensor:
         return torch.stack(inputs)
 
+    def samples(self):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(16, self.preprocessing["width"], generator=gen)
+        return x[:2], x[:3], x, (0,)
+
 
 def load_predictor(
-    artifact_dir: Path, device: str = "cpu"
+    artifact_dir: Path, device: str = "cpu", accelerate: bool = True
 ) -> Predictor | TextPredictor | TabularPredictor:
-    """The predictor for the artifact's task."""
+    """The predictor for the artifact's task, on the fastest runtime (`accelerate`), or
+    eager (the caller may call `accelerate(runtime_dir(artifact_dir))` later)."""
     config, state = load_artifact(artifact_dir)
     task = config.get("task", "image_classification")
+    cache_dir = runtime_dir(artifact_dir)
     if task == "image_classification":
         predictor = Predictor.load(artifact_dir, device=device)
-        return predictor.accelerate(Path(artifact_dir) / "runtime")
+        return predictor.accelerate(cache_dir) if accelerate else predictor
     model = build_model(
         base_model=config["architecture"],
         num_classes=config["num_classes"],
@@ -308,7 +351,14 @@ def load_predictor(
         tokenizer = text.TextTokenizer(
             Path(artifact_dir) / config["tokenizer"], config["max_length"]
         )
-        return TextPredictor(tokenizer=tokenizer, **common)
-    if task == tabular.TASK:
-        return TabularPredictor(preprocessing=config["preprocessing"], **common)
-    raise InvalidInput(f"unknown model task {task!r}")
+        predictor = TextPredictor(tokenizer=tokenizer, **common)
+    elif task == tabular.TASK:
+        predictor = TabularPredictor(preprocessing=config["preprocessing"], **common)
+    else:
+        raise InvalidInput(f"unknown model task {task!r}")
+    return predictor.accelerate(cache_dir) if accelerate else predictor
+
+
+def runtime_dir(artifact_dir: Path) -> Path:
+    """Where a model's ONNX export for predict is kept: beside the model."""
+    return Path(artifact_dir) / "runtime"
