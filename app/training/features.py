@@ -32,8 +32,10 @@ class _TooLarge(Exception):
     pass
 
 
-# Below this many inputs in all, the frozen pass stays eager (an ONNX export of a
-# backbone prefix costs seconds the first time; timing the candidates, about a second).
+# Below this much work the frozen pass stays eager: an ONNX export of a backbone prefix
+# costs seconds the first time, timing the candidates about a second. Images: input
+# pixels in all (~250 images at 64 px, 20 at 224 px); other inputs: samples.
+RUNTIME_MIN_PIXELS = 1_000_000
 RUNTIME_MIN_SAMPLES = 512
 
 
@@ -136,8 +138,15 @@ def _forward(model, level, preset, splits, channels_last, total, min_samples):
     else eager as the model is (on CUDA in channels_last under the caller's autocast)."""
     first = next((s for s in splits if len(s)), None)
     on_cpu = next(model.parameters()).device.type == "cpu"
-    min_samples = RUNTIME_MIN_SAMPLES if min_samples is None else min_samples
-    if on_cpu and first is not None and total >= min_samples and len(first) >= 3:
+    if first is None or len(first) < 3 or not on_cpu:
+        big = False
+    elif min_samples is not None:
+        big = total >= min_samples
+    elif first.dtype == torch.uint8 and first.dim() == 4:
+        big = total * first.shape[2] * first.shape[3] >= RUNTIME_MIN_PIXELS
+    else:
+        big = total >= RUNTIME_MIN_SAMPLES
+    if big:
         image_preset = preset if isinstance(preset, EvalPreset) else None
         if image_preset is not None or _is_identity(preset, first):
             try:
