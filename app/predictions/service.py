@@ -10,6 +10,11 @@ queued (up to `max_batch` inputs) the moment the previous pass ends, so it never
 for the event loop, and it waits up to `max_delay` for more only while other requests
 for the model are still being read (`Batcher.arrival`). A lone request therefore never
 waits, and a stream of them fills batches.
+
+A model is loaded once however many requests wait (`ModelCache`, single-flight), answers
+eager at once, and moves onto the fastest runtime for its device in the background
+(runtime.py via `predictor.accelerate`). An evicted model's memory goes back to the
+system, so memory is bounded by the cache size, not by the number of reloads.
 """
 
 import asyncio

@@ -206,7 +206,9 @@ def fit(
     ckpt.seed_everything(o.seed)
     image = o.modality == "image"
     shape = (min(o.batch_size, 16), 3, o.image_size, o.image_size)
-    work = len(data.train) * len(plans)  # channels_last where it measures faster (runtime.py)
+    # channels_last where it measures faster (runtime.py); a head on cached features: moot
+    head_only = not o.augment and frozen_level(plans, len(model.blocks)) == model.pooled_level
+    work = 0 if head_only else len(data.train) * len(plans)
     channels_last = image and train_channels_last(model, shape, device=device, work=work)
     model.to(device)
     if channels_last:
