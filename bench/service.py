@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 b16 += bare_predict(trained, images, 16, 30)  # before and after the load
                 b1 = bare_predict(trained, images, 1, 60)
-                served = ",".join(served_runtimes(client)) or "?"
+                served = ",".join(n for n, c in served_runtimes(client).items() if c) or "?"
                 frozen, fast_name = fast_predict_forward(trained, args.size, tmp / "bench-runtime")
                 b16_frozen = bare_predict(frozen, images, 16, 30, preset=False)
                 b1_frozen = bare_predict(frozen, images, 1, 60, preset=False)
