@@ -51,7 +51,11 @@ TORCHSCRIPT = "torchscript"
 CPU_CANDIDATES = (ONNX, EAGER_CL, EAGER)
 TOLERANCE = 1e-4
 
-_lock = threading.Lock()  # exports and trials: one at a time per process
+# Tracing (torch.jit.trace, the ONNX exporter) is not thread-safe: two traces at once in
+# one process corrupt each other ("Graphs differed across invocations"). Every export,
+# check and trial in the process takes this lock, and so does export.py.
+TRACE_LOCK = threading.RLock()
+_lock = TRACE_LOCK
 _choices: dict[str, str] = {}
 
 
