@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -105,10 +106,13 @@ def cache_features(
     given, receives the runtime the pass ran on ({"runtime": name, ...})."""
     total = sum(len(s) for s in splits)
     model.eval()
+    t0 = time.perf_counter()
     forward = _forward(model, level, preset, splits, channels_last, total, runtime_min_samples)
+    t1 = time.perf_counter()
     if info is not None:
         name = runtime.EAGER_CL if channels_last else runtime.EAGER
         info.update(getattr(forward, "info", {"runtime": name}))
+        info["prepare_seconds"] = round(t1 - t0, 3)
     out: list[torch.Tensor] = []
     try:
         for images in splits:
@@ -123,6 +127,8 @@ def cache_features(
                         raise _TooLarge(need)
             # clone: a tensor made in inference mode cannot enter autograd later
             out.append(torch.cat(chunks).clone())
+        if info is not None:
+            info["seconds"] = round(time.perf_counter() - t1, 3)  # the pass itself
     except _TooLarge as e:
         log.warning(
             "frozen-feature cache would need %d bytes (limit %d): training without it",

@@ -48,6 +48,8 @@ from app.training.schedule import EpochPlan, frozen_level
 
 log = logging.getLogger(__name__)
 
+FROZEN_PASS_KEYS = ("prepare_seconds", "seconds")
+
 
 @dataclass
 class LoopOptions:
@@ -399,6 +401,8 @@ def fit(
             report["runtime"] = (cached is not None and feature_runtime.get("runtime")) or (
                 "eager_channels_last" if channels_last else "eager"
             )
+            if cached is not None:  # the frozen pass: choosing its runtime, then running it
+                report["frozen_pass"] = {k: feature_runtime.get(k) for k in FROZEN_PASS_KEYS}
             history.append(report)
             stopped = (
                 o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
