@@ -10,6 +10,11 @@ queued (up to `max_batch` inputs) the moment the previous pass ends, so it never
 for the event loop, and it waits up to `max_delay` for more only while other requests
 for the model are still being read (`Batcher.arrival`). A lone request therefore never
 waits, and a stream of them fills batches.
+
+A model is loaded once however many requests wait (`ModelCache`, single-flight), answers
+eager at once, and moves onto the fastest runtime for its device in the background
+(runtime.py via `predictor.accelerate`). An evicted model's memory goes back to the
+system, so memory is bounded by the cache size, not by the number of reloads.
 """
 
 import asyncio
@@ -27,7 +32,13 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from app.training.inference import Predictor, TabularPredictor, TextPredictor, load_predictor
+from app.training.inference import (
+    Predictor,
+    TabularPredictor,
+    TextPredictor,
+    load_predictor,
+    runtime_dir,
+)
 
 AnyPredictor = Predictor | TextPredictor | TabularPredictor
 
@@ -198,6 +209,8 @@ class ModelCache:
         self._info: dict[str, ModelInfo] = {}
         self._lock = threading.Lock()
         self.loads = 0  # completed loads, for tests and metrics
+        self.accelerated = 0  # runtime choices completed
+        self._runtimes: dict[str, str] = {}  # model id -> the runtime it runs on now
 
     def info(self, model_id: str) -> ModelInfo | None:
         return self._info.get(model_id)
@@ -243,7 +256,10 @@ class ModelCache:
 
     def _load(self, model_id: str, artifact_dir: Path, future: Future) -> None:
         try:
-            predictor = load_predictor(artifact_dir, device=self.device)
+            # Eager first, so the first answer comes after the load alone; the runtime
+            # choice (an export, a check, maybe a trial: seconds) follows in the
+            # background, and the model switches over when it is ready.
+            predictor = load_predictor(artifact_dir, device=self.device, accelerate=False)
         except BaseException as exc:  # every waiter gets the error; the next request retries
             with self._lock:
                 del self._loading[model_id]
@@ -256,16 +272,40 @@ class ModelCache:
             del self._loading[model_id]
             self.loads += 1
             MODEL_LOADS.inc()
-            LOADED.labels(_runtime(predictor)).inc()
+            self._runtimes[model_id] = _runtime(predictor)
+            LOADED.labels(self._runtimes[model_id]).inc()
             while len(self._items) > self.capacity:
-                evicted.append(self._items.popitem(last=False)[1])
-                LOADED.labels(_runtime(evicted[-1].predictor)).dec()
+                old_id, old_batcher = self._items.popitem(last=False)
+                evicted.append(old_batcher)
+                LOADED.labels(self._runtimes.pop(old_id)).dec()
         future.set_result(batcher)
+        threading.Thread(
+            target=self._accelerate,
+            args=(model_id, batcher, artifact_dir),
+            name="model-runtime",
+            daemon=True,
+        ).start()
         for old in evicted:
             old.close()
         if evicted:
             del old, evicted
             _release()
+
+    def _accelerate(self, model_id: str, batcher: Batcher, artifact_dir: Path) -> None:
+        """Move a loaded model onto its fastest runtime (predictor.accelerate swaps its
+        forward pass in one assignment: requests in flight finish on either)."""
+        predictor = batcher.predictor
+        predictor.accelerate(runtime_dir(artifact_dir))
+        with self._lock:
+            if self._items.get(model_id) is batcher:  # not evicted meanwhile
+                LOADED.labels(self._runtimes[model_id]).dec()
+                self._runtimes[model_id] = _runtime(predictor)
+                LOADED.labels(self._runtimes[model_id]).inc()
+            self.accelerated += 1
+
+    def runtime_of(self, model_id: str) -> str | None:
+        with self._lock:
+            return self._runtimes.get(model_id)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from app.training import runtime
 from app.training.errors import InvalidInput
 from app.training.inference import Predictor
 from app.training.tasks import Modality, get_task
@@ -66,7 +67,7 @@ def export(artifact_dir: Path, fmt: str) -> Path:
     ).eval()
     example = torch.rand(1, 3, predictor.image_size, predictor.image_size)
     buf = io.BytesIO()
-    with torch.no_grad():
+    with runtime.TRACE_LOCK, torch.no_grad():  # never beside another trace in the process
         if fmt == "torchscript":
             torch.jit.save(torch.jit.trace(wrapped, example), buf)
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -32,8 +33,10 @@ class _TooLarge(Exception):
     pass
 
 
-# Below this many inputs in all, the frozen pass stays eager (an ONNX export of a
-# backbone prefix costs seconds the first time; timing the candidates, about a second).
+# Below this much work the frozen pass stays eager: an ONNX export of a backbone prefix
+# costs seconds the first time, timing the candidates about a second. Images: input
+# pixels in all (~250 images at 64 px, 20 at 224 px); other inputs: samples.
+RUNTIME_MIN_PIXELS = 1_000_000
 RUNTIME_MIN_SAMPLES = 512
 
 
@@ -103,10 +106,13 @@ def cache_features(
     given, receives the runtime the pass ran on ({"runtime": name, ...})."""
     total = sum(len(s) for s in splits)
     model.eval()
+    t0 = time.perf_counter()
     forward = _forward(model, level, preset, splits, channels_last, total, runtime_min_samples)
+    t1 = time.perf_counter()
     if info is not None:
         name = runtime.EAGER_CL if channels_last else runtime.EAGER
         info.update(getattr(forward, "info", {"runtime": name}))
+        info["prepare_seconds"] = round(t1 - t0, 3)
     out: list[torch.Tensor] = []
     try:
         for images in splits:
@@ -121,6 +127,8 @@ def cache_features(
                         raise _TooLarge(need)
             # clone: a tensor made in inference mode cannot enter autograd later
             out.append(torch.cat(chunks).clone())
+        if info is not None:
+            info["seconds"] = round(time.perf_counter() - t1, 3)  # the pass itself
     except _TooLarge as e:
         log.warning(
             "frozen-feature cache would need %d bytes (limit %d): training without it",
@@ -136,8 +144,15 @@ def _forward(model, level, preset, splits, channels_last, total, min_samples):
     else eager as the model is (on CUDA in channels_last under the caller's autocast)."""
     first = next((s for s in splits if len(s)), None)
     on_cpu = next(model.parameters()).device.type == "cpu"
-    min_samples = RUNTIME_MIN_SAMPLES if min_samples is None else min_samples
-    if on_cpu and first is not None and total >= min_samples and len(first) >= 3:
+    if first is None or len(first) < 3 or not on_cpu:
+        big = False
+    elif min_samples is not None:
+        big = total >= min_samples
+    elif first.dtype == torch.uint8 and first.dim() == 4:
+        big = total * first.shape[2] * first.shape[3] >= RUNTIME_MIN_PIXELS
+    else:
+        big = total >= RUNTIME_MIN_SAMPLES
+    if big:
         image_preset = preset if isinstance(preset, EvalPreset) else None
         if image_preset is not None or _is_identity(preset, first):
             try:

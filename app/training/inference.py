@@ -202,6 +202,35 @@ class _TensorPredictor(_TaskOutput):
     ):
         self.model, self.classes, self.device, self.batch_size = model, classes, device, 64
         self._set_task(config or {"classes": classes})
+        self.forward = model
+        self.runtime, self.runtime_info = runtime.EAGER, {"runtime": runtime.EAGER}
+
+    def samples(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """(example, check, trial, dynamic axes) for runtime.prepare."""
+        raise NotImplementedError
+
+    def accelerate(self, cache_dir: Path | None = None):
+        """As Predictor.accelerate: the encoded-input model on the fastest checked runtime
+        (ONNX Runtime or eager on the CPU), the choice remembered per architecture."""
+        if self.device.type != "cpu":
+            return self
+        try:
+            example, check, trial, dynamic = self.samples()
+            runner = runtime.prepare(
+                self.model,
+                example=example,
+                check=check,
+                trial=trial,
+                candidates=(runtime.ONNX, runtime.EAGER),
+                cache_dir=cache_dir,
+                dynamic=dynamic,
+            )
+        except Exception as exc:  # noqa: BLE001 - never fail a load over a speed-up
+            log.warning("predict runs the eager model: runtime choice failed (%s)", exc)
+            return self
+        self.forward, self.runtime, self.runtime_info = runner, runner.name, runner.info
+        return self
+
 
     def encode(self, inputs: list) -> torch.Tensor:
         raise NotImplementedError
@@ -216,7 +245,7 @@ class _TensorPredictor(_TaskOutput):
         out = []
         with torch.inference_mode():
             for chunk in x.split(self.batch_size):
-                logits = self.model(chunk.to(self.device)).float()
+                logits = self.forward(chunk.to(self.device)).float()
                 out.append(self.output_layer(logits).cpu())
         return self.output.present(torch.cat(out), self.config, top_k)
 
@@ -232,6 +261,14 @@ class TextPredictor(_TensorPredictor):
 
     def encode(self, inputs: list) -> torch.Tensor:
         return self.tokenizer(inputs)
+
+    def samples(self):
+        # The export's length differs from the check's: the length axis must be dynamic.
+        words = "the service runs each model on the fastest runtime it measured".split()
+        short = [" ".join(words[:3]), " ".join(words[:5])]
+        longer = [" ".join(words * k) for k in (1, 2, 3)]
+        trial = [" ".join(words * 3)] * 4
+        return self.tokenizer(short), self.tokenizer(longer), self.tokenizer(trial), (0, 2)
 
 
 # A standard-scaled feature further than this from the training mean is refused: the
@@ -294,10 +331,14 @@ class TabularPredictor(_TensorPredictor):
     def encode(self, inputs: list) -> torch.Tensor:
         return torch.stack(inputs)
 
+    def samples(self):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(16, self.preprocessing["width"], generator=gen)
+        return x[:2], x[:3], x, (0,)
+
 
 def _load_image(artifact_dir: Path, config: dict, state: dict, device: str) -> Predictor:
-    predictor = Predictor.load(artifact_dir, device=device)
-    return predictor.accelerate(Path(artifact_dir) / "runtime")
+    return Predictor.load(artifact_dir, device=device)
 
 
 def _tensor_model(config: dict, state: dict, device: str) -> dict:
@@ -328,12 +369,20 @@ LOADERS = {Modality.IMAGE: _load_image, Modality.TEXT: _load_text, Modality.TABU
 
 
 def load_predictor(
-    artifact_dir: Path, device: str = "cpu"
+    artifact_dir: Path, device: str = "cpu", accelerate: bool = True
 ) -> Predictor | TextPredictor | TabularPredictor:
-    """The predictor for the artifact's task (its modality's loader)."""
+    """The predictor for the artifact's task (its modality's loader), on the fastest
+    runtime (`accelerate`), or eager (the caller may call
+    `accelerate(runtime_dir(artifact_dir))` later)."""
     config, state = load_artifact(artifact_dir)
     try:
         task = get_task(config.get("task", "image_classification"))
     except Exception:  # noqa: BLE001 - an artifact from elsewhere: name its task
         raise InvalidInput(f"unknown model task {config.get('task')!r}") from None
-    return LOADERS[task.modality](artifact_dir, config, state, device)
+    predictor = LOADERS[task.modality](artifact_dir, config, state, device)
+    return predictor.accelerate(runtime_dir(artifact_dir)) if accelerate else predictor
+
+
+def runtime_dir(artifact_dir: Path) -> Path:
+    """Where a model's ONNX export for predict is kept: beside the model."""
+    return Path(artifact_dir) / "runtime"

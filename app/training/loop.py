@@ -58,6 +58,8 @@ from app.training.tasks import get_task
 
 log = logging.getLogger(__name__)
 
+FROZEN_PASS_KEYS = ("prepare_seconds", "seconds")
+
 
 @dataclass
 class LoopOptions:
@@ -232,7 +234,9 @@ def fit(
     ckpt.seed_everything(o.seed)
     image = o.modality == "image"
     shape = (min(o.batch_size, 16), 3, o.image_size, o.image_size)
-    work = len(data.train) * len(plans)  # channels_last where it measures faster (runtime.py)
+    # channels_last where it measures faster (runtime.py); a head on cached features: moot
+    head_only = not o.augment and frozen_level(plans, len(model.blocks)) == model.pooled_level
+    work = 0 if head_only else len(data.train) * len(plans)
     channels_last = image and train_channels_last(model, shape, device=device, work=work)
     model.to(device)
     if channels_last:
@@ -543,6 +547,8 @@ def fit(
             report["runtime"] = (features is not None and stored) or (
                 "eager_channels_last" if channels_last else "eager"
             )
+            if cached is not None:  # the frozen pass: choosing its runtime, then running it
+                report["frozen_pass"] = {k: feature_runtime.get(k) for k in FROZEN_PASS_KEYS}
             history.append(report)
             stopped = (
                 o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience

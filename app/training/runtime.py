@@ -51,7 +51,11 @@ TORCHSCRIPT = "torchscript"
 CPU_CANDIDATES = (ONNX, EAGER_CL, EAGER)
 TOLERANCE = 1e-4
 
-_lock = threading.Lock()  # exports and trials: one at a time per process
+# Tracing (torch.jit.trace, the ONNX exporter) is not thread-safe: two traces at once in
+# one process corrupt each other ("Graphs differed across invocations"). Every export,
+# check and trial in the process takes this lock, and so does export.py.
+TRACE_LOCK = threading.RLock()
+_lock = TRACE_LOCK
 _choices: dict[str, str] = {}
 
 
@@ -132,7 +136,9 @@ class _Ort:
         return torch.from_numpy(self.session.run(None, {self.input: arr})[0])
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
+def export_onnx(
+    module: nn.Module, example: torch.Tensor, path: Path, dynamic: Sequence[int] = (0,)
+) -> Path:
     """`module` (eval, CPU) exported to ONNX at `path` with a dynamic batch axis; written
     to a temporary file and renamed, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +154,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
             input_names=["x"],
             output_names=["y"],
             opset_version=17,
-            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            dynamic_axes={"x": {d: f"d{d}" for d in dynamic}, "y": {0: "d0"}},
         )
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(buf.getvalue())
@@ -163,11 +169,11 @@ def onnx_path(module: nn.Module, example: torch.Tensor, cache_dir: Path, salt: s
     return cache_dir / f"{digest}-{shape}-{str(example.dtype).replace('torch.', '')}.onnx"
 
 
-def _onnx_candidate(module, example, cache_dir: Path, threads: int, salt: str):
-    path = onnx_path(module, example, cache_dir, salt)
+def _onnx_candidate(module, example, cache_dir: Path, threads: int, salt: str, dynamic):
+    path = onnx_path(module, example, cache_dir, f"{salt}; dynamic {tuple(dynamic)}")
     if not path.exists():
         t0 = time.perf_counter()
-        export_onnx(module, example, path)
+        export_onnx(module, example, path, dynamic)
         log.info("exported %s in %.1fs", path.name, time.perf_counter() - t0)
     return _Ort(path, threads)
 
@@ -191,7 +197,13 @@ def _torchscript_candidate(module: nn.Module, example: torch.Tensor):
 
 
 def _build(
-    name: str, module: nn.Module, example: torch.Tensor, cache_dir: Path, threads: int, salt=""
+    name: str,
+    module: nn.Module,
+    example: torch.Tensor,
+    cache_dir: Path,
+    threads: int,
+    salt: str = "",
+    dynamic: Sequence[int] = (0,),
 ):
     if name == EAGER:
         return module
@@ -202,7 +214,7 @@ def _build(
     if name == ONNX:
         if not onnxruntime_available():
             raise RuntimeError("onnxruntime is not installed")
-        return _onnx_candidate(module, example, cache_dir, threads, salt)
+        return _onnx_candidate(module, example, cache_dir, threads, salt, dynamic)
     raise ValueError(f"unknown runtime {name!r}")
 
 
@@ -252,13 +264,13 @@ def _save_choice(path: Path, key: str, name: str) -> None:
 
 
 def _checked(
-    names, module, example, check, expected, cache_dir, threads, tolerance, info, salt
+    names, module, example, check, expected, cache_dir, threads, tolerance, info, salt, dynamic
 ) -> dict[str, Callable]:
     """The candidates among `names` that build and agree with eager on `check`."""
     built: dict[str, Callable] = {}
     for name in names:
         try:
-            fn = _build(name, module, example, cache_dir, threads, salt)
+            fn = _build(name, module, example, cache_dir, threads, salt, dynamic)
             diff = max_diff(fn(check), expected)
         except Exception as exc:  # noqa: BLE001 - any failure: not this runtime
             log.warning("runtime %s unavailable for this model: %s", name, exc)
@@ -289,13 +301,16 @@ def prepare(
     rounds: int = 3,
     tolerance: float = TOLERANCE,
     salt: str = "",
+    dynamic: Sequence[int] = (0,),
     choices_file: Path | None = None,
 ) -> Runner:
     """The fastest runtime for `module` (eval mode, on `device`) that agrees with eager.
 
     `example` is used to export (and its shape names the ONNX file); `check` (default
     `example`) is the batch every candidate must reproduce, best of a batch size other than
-    the export's; `trial` (default `check`) the batch timed to choose. ONNX files go
+    the export's; `trial` (default `check`) the batch timed to choose. `dynamic`: the
+    input axes an export takes at any size (the batch; a text's length too), which
+    `check` should vary. ONNX files go
     to `cache_dir` (default: default_cache_dir()), named by the weights' digest and
     `salt` (what else the module computes with that is not a weight); the choices to
     `choices_file` (default: choices.json in default_cache_dir())."""
@@ -329,11 +344,22 @@ def prepare(
             tolerance,
             info,
             salt,
+            dynamic,
         )
         if not built and known in candidates:  # the remembered one failed: try them all
             others = [n for n in candidates if n != known]
             built = _checked(
-                others, module, example, check, expected, cache_dir, threads, tolerance, info, salt
+                others,
+                module,
+                example,
+                check,
+                expected,
+                cache_dir,
+                threads,
+                tolerance,
+                info,
+                salt,
+                dynamic,
             )
         if not built:
             return Runner(EAGER, module, info)
@@ -353,12 +379,14 @@ def prepare(
     info["runtime"] = name
     fn = built[name]
     if name in (ONNX, TORCHSCRIPT):
-        # Exported for inputs of the example's shape past the batch axis: another shape
-        # (a text split padded to another length) runs eager rather than fail.
-        shape, fast = tuple(example.shape[1:]), fn
+        # Exported for inputs of the example's shape but for the `dynamic` axes: another
+        # shape (a text split padded to another length) runs eager rather than fail.
+        fixed = [(d, n) for d, n in enumerate(example.shape) if d not in dynamic]
+        fast = fn
 
         def fn(x: torch.Tensor) -> torch.Tensor:
-            return fast(x) if tuple(x.shape[1:]) == shape else module(x)
+            ok = x.dim() == example.dim() and all(x.shape[d] == n for d, n in fixed)
+            return fast(x) if ok else module(x)
 
     return Runner(name, fn, info)
 

@@ -135,3 +135,26 @@ def test_the_lean_predict_path_answers_as_the_route_does(live: Live):
         )
     ]
     assert latency, "the lean path's requests are counted under the route's label"
+
+
+def test_a_loaded_model_moves_onto_the_fastest_runtime_in_the_background(live: Live):
+    """The first answer comes from the eager model right after the load; the model then
+    moves onto its runtime (ONNX Runtime here) and answers the same."""
+    model_id = live.model_ids[0]
+    url = f"/v1/models/{model_id}/predict"
+    first = live.owner.post(url, files={"files": ("a.png", PNG)}, data={"top_k": "3"})
+    assert first.status_code == 200, first.text
+    pattern = re.compile(r'^finetune_predict_models\{runtime="([a-z_]+)"\} (\S+)$', re.M)
+    end = time.monotonic() + 90
+    while time.monotonic() < end:
+        loaded = {n: float(v) for n, v in pattern.findall(live.client().get("/metrics").text)}
+        if sum(loaded.values()) == 1 and not loaded.get("eager"):
+            break
+        time.sleep(0.3)
+    assert sum(loaded.values()) == 1 and not loaded.get("eager"), loaded  # a cache of one
+    print(f"\n[runtime] loaded models by runtime: {loaded}")
+    again = live.owner.post(url, files={"files": ("a.png", PNG)}, data={"top_k": "3"})
+    for a, b in zip(first.json()["predictions"], again.json()["predictions"], strict=True):
+        assert a["label"] == b["label"]
+        assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
+        assert abs(a["score"] - b["score"]) < 1e-4

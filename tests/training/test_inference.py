@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -132,3 +133,24 @@ def test_decode_image_rejects_decompression_bombs(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # more than 2x: PIL raises
     with pytest.raises(InvalidInput, match="too large"):
         decode_image(data)
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_the_same_in_predict_and_training(
+    tmp_path: Path,
+) -> None:
+    """draft(): libjpeg decodes a 2400x1800 JPEG for a 64 px model at 1/8 scale, and the
+    training decode gives the model exactly the same pixels as predict does."""
+    from app.training.data import _decode_all
+    from app.training.presets import pil_to_uint8
+
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    small.resize((2400, 1800)).save(buf, format="JPEG", quality=90)
+    (tmp_path / "a.jpg").write_bytes(buf.getvalue())
+    decoded = decode_image(buf.getvalue(), 64)
+    assert decoded.size == (300, 225)  # 1/8: still covers 64 x 64
+    assert decode_image(buf.getvalue()).size == (2400, 1800)  # no size: full decode
+    served = pil_to_uint8(decoded, 64)
+    trained = _decode_all(tmp_path, [{"path": "a.jpg"}], 64)[0]
+    assert torch.equal(served, trained)

@@ -112,7 +112,7 @@ def test_feature_cache_on_the_chosen_runtime_matches_eager_and_reuses_its_export
         return out, info
 
     eager, eager_info = run(min_samples=10_000)  # too few inputs: stays eager, no trial
-    assert eager_info == {"runtime": "eager"}
+    assert eager_info["runtime"] == "eager" and "chosen_by" not in eager_info
     fast, info = run(min_samples=0)
     assert info["chosen_by"] == "trial", info
     assert runtime.ONNX in info["trial_images_per_s"], info
@@ -181,3 +181,22 @@ def test_an_input_of_another_shape_runs_eager_rather_than_fail(tmp_path: Path):
     with torch.inference_mode():
         torch.testing.assert_close(runner(other), model(other))
         torch.testing.assert_close(runner(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@needs_ort
+def test_a_head_only_job_reports_the_runtime_of_its_frozen_pass(
+    digits_small: Path, tmp_path: Path, monkeypatch
+):
+    from tests.training.test_feature_cache import run
+
+    _, _, eager_result, _ = run(digits_small, tmp_path / "small")  # too little work: eager
+    assert {h["runtime"] for h in eager_result.history} == {"eager"}
+    monkeypatch.setattr(features, "RUNTIME_MIN_PIXELS", 0)
+    _, _, result, _ = run(digits_small, tmp_path / "big")
+    chosen = json.loads((tmp_path / "runtime" / "choices.json").read_text())
+    assert {h["runtime"] for h in result.history} <= set(chosen.values()), result.history
+    assert result.history[0]["runtime"] in ("onnxruntime", "eager", "eager_channels_last")
+    frozen = result.history[0]["frozen_pass"]
+    assert frozen["seconds"] > 0 and frozen["prepare_seconds"] >= 0, frozen
+    # Same features either way: the same probe learns the same head.
+    assert result.best_val_accuracy == pytest.approx(eager_result.best_val_accuracy, abs=0.1)
