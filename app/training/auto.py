@@ -6,8 +6,10 @@ a convex fit. Every other candidate, a (strategy, trainable_blocks, learning_rat
 triple, starts from that probe's head (LP-FT) and keeps the probe's weights as its own
 best until an epoch beats them on validation, so no candidate, and no final model, is
 worse on validation than the probe. Rung r gives the surviving candidates 2^r epochs
-in all (a candidate continues from its own checkpoint: the loop's exact resume), then
-the better half goes on, until one is left or the budget (epochs, or seconds) is spent.
+times the first rung's epochs in all (a candidate continues from its own checkpoint: the
+loop's exact resume), then the better half goes on, until one is left or the budget
+(epochs, or seconds) is spent. The first rung gets as many epochs as the epochs budget
+allows for the whole halving.
 
 Each candidate runs the same loop in its own work folder, with the frozen features
 shared through the feature store; a finished rung's result is written next to the
@@ -166,13 +168,22 @@ def search(
     # ---- successive halving over the candidates, each starting from the probe
     cands = candidates(learning_rate=learning_rate, num_blocks=num_blocks, pretrained=pretrained)
     rungs = max(1, math.ceil(math.log(len(cands), ETA)) + 1)
-    max_epochs = ETA ** (rungs - 1)  # a candidate's plan: as long as the last rung
+    # Epochs of the first rung: as many as the budget allows for the whole halving (one
+    # epoch of a few steps cannot show what fine-tuning from the probe gains).
+    alive_per_rung = [math.ceil(len(cands) / ETA**r) for r in range(rungs)]
+    cost = sum(  # (a rung with one candidate left does not run: the final run trains it)
+        a * (ETA**r - (ETA ** (r - 1) if r else 0))
+        for r, a in enumerate(alive_per_rung)
+        if a > 1 or r == 0
+    )
+    base = max(1, budget_epochs // cost)
+    max_epochs = base * ETA ** (rungs - 1)  # a candidate's plan: as long as the last rung
     board = {i: None for i in range(len(cands))}
     alive = list(range(len(cands)))
     used_epochs = 0
     for rung in range(rungs):
-        upto = ETA**rung
-        prev = ETA ** (rung - 1) if rung else 0
+        upto = base * ETA**rung
+        prev = base * ETA ** (rung - 1) if rung else 0
         for i in alive:
             cand_dir = work_dir / f"candidate-{i}"
             done = cand_dir / f"rung-{rung}.json"
@@ -206,10 +217,10 @@ def search(
             board[i] = entry
         if not alive:
             break
-        # The better half goes on; one that does not beat the probe stops here.
+        # The better half goes on (the probe's bar applies to the winner: the board
+        # below ranks it with the rest, ties to the cheaper model).
         ranked = sorted(alive, key=lambda i: _rank(board[i]))
-        keep = max(1, math.ceil(len(alive) / ETA))
-        alive = [i for i in ranked[:keep] if _rank(board[i]) < _rank(probe)]
+        alive = ranked[: max(1, math.ceil(len(alive) / ETA))]
         if len(alive) <= 1:  # the final run trains the winner; nothing left to compare
             break
     entries = [probe, *(e for e in board.values() if e is not None)]

@@ -465,7 +465,7 @@ def fit(
         }
         report = {
             "epoch": 0,
-            "epochs": len(plans),
+            "epochs": 0 if probe_only else len(plans),  # probe-only: no epoch follows
             "stage": "probe",
             "train_loss": fitted.objective,
             "val_loss": fitted.val_loss,

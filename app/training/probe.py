@@ -100,17 +100,16 @@ def solve(
     """(W, b, iterations) minimising the objective on *centred* features `x`.
 
     The gradient is written out (softmax minus targets, one matmul each way) rather than
-    taken by autograd: half the time per evaluation. L-BFGS runs on W * s, s the
-    features' standard deviation, an exact change of variables (the penalty is written
-    in the original W) that equalises the curvature of the data term across features.
-    `tol` bounds the largest entry of the gradient, as scikit-learn's lbfgs `tol` does.
+    taken by autograd: half the time per evaluation. L-BFGS runs on W * s (a diagonal
+    preconditioner, see below), an exact change of variables: the penalty is still
+    written in W. `tol` bounds the largest entry of that gradient.
     """
     dtype = x.dtype
     lam = _lam(C, y, weight)
-    # (Floored: a near-constant feature's tiny spread would make the penalty's curvature
-    # in v huge, which is worse conditioning, not better.)
-    s = x.std(0)
-    s = s.clamp(min=1e-2 * float(s.max().clamp(min=1e-12)))
+    # The Hessian's diagonal in W is about (softmax curvature) * var(x_j) + lam; scaling
+    # each feature by its square root makes it about 1 for every feature, strong
+    # penalty or weak, near-dead feature or not.
+    s = (0.25 * x.var(0) + lam).sqrt()
     xs = x / s
     wq, sq, norm = _targets(y, num_classes, weight, label_smoothing, dtype)
     inv_s2 = (1.0 / s.pow(2)).unsqueeze(0)
