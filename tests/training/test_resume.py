@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from app.training.api import TrainConfig, train
 from app.training.errors import Cancelled, CheckpointMismatch
 
-TIMING = ("seconds", "eta_seconds", "train_seconds")
+# frozen_pass: how long the frozen-feature pass took (and its export), timing too
+TIMING = ("seconds", "eta_seconds", "train_seconds", "frozen_pass")
 
 
 def without_timing(history: list[dict]) -> list[dict]:
