@@ -14,6 +14,7 @@ from app.training.build import build_model
 from app.training.errors import InvalidConfig
 
 
+@pytest.mark.slow
 def test_auto_halves_from_the_probe_and_trains_the_best(digits_small: Path, tmp_path: Path) -> None:
     config = TrainConfig(
         base_model="tiny_cnn",
@@ -94,6 +95,7 @@ def test_a_seconds_budget_stops_the_search_after_the_probe(
     assert [h["stage"] for h in result.history] == ["probe"] and result.best_epoch == 0
 
 
+@pytest.mark.slow
 def test_pretrained_false_defaults_to_full_from_random_init(
     digits_small: Path, tmp_path: Path
 ) -> None:

@@ -58,6 +58,7 @@ def test_predictor_round_trip(digits_small: Path, tmp_path: Path) -> None:
     torch.testing.assert_close(probs.sum(1), torch.ones(2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base_model", ["tiny_cnn", "efficientnet_lite0"])
 def test_accelerated_predictor_runs_the_fastest_checked_runtime(
     base_model: str, tmp_path, monkeypatch

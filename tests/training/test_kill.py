@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -42,6 +43,7 @@ train(config=TrainConfig(**json.loads(sys.argv[1])), dataset_dir=Path(sys.argv[2
 """
 
 
+@pytest.mark.slow
 def test_sigkilled_job_resumes_from_its_checkpoint(digits_small: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     child = subprocess.run(

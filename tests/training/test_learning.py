@@ -19,6 +19,7 @@ def digits_lite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_head_only_lite0_learns_digits(digits_lite: Path, tmp_path: Path) -> None:
     config = TrainConfig(
         base_model="efficientnet_lite0",

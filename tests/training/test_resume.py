@@ -20,6 +20,7 @@ def without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy, augment", [("layerwise", True), ("partial", False)])
 def test_resume_matches_uninterrupted_run(
     strategy: str, augment: bool, digits_small: Path, tmp_path: Path
@@ -71,6 +72,7 @@ def test_checkpoint_of_another_config_is_refused(digits_small: Path, tmp_path: P
         train(config=config, **kw)
 
 
+@pytest.mark.slow
 def test_auto_job_resumes_without_searching_again(digits_small: Path, tmp_path: Path) -> None:
     config = TrainConfig(
         base_model="tiny_cnn",

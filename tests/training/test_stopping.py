@@ -24,6 +24,7 @@ def setup(digits_small: Path, tmp_path: Path, epochs: int, lr: float):  # noqa: 
     return data, model, plans, spec
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_best_epoch(digits_small: Path, tmp_path: Path) -> None:
     # A rate this high makes validation accuracy bounce, so the best epoch is not the last.
     data, model, plans, spec = setup(digits_small, tmp_path, epochs=12, lr=0.3)
@@ -79,6 +80,7 @@ def test_cancel_stops_within_a_step(digits_small: Path, tmp_path: Path) -> None:
     assert calls["steps"] == 3
 
 
+@pytest.mark.slow
 def test_class_weights_and_label_smoothing_train(digits_small: Path, tmp_path: Path) -> None:
     data, model, plans, spec = setup(digits_small, tmp_path, epochs=2, lr=0.05)
     result = fit(

@@ -35,6 +35,7 @@ def snapshot(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
         ("progressive", 0),
     ],
 )
+@pytest.mark.slow
 def test_strategy_trains_what_the_plan_says(
     strategy: str,
     trainable_blocks: int,

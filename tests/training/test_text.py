@@ -74,6 +74,7 @@ def test_encoder_matches_sentence_transformers_offline():
     assert len(model.blocks) == 6
 
 
+@pytest.mark.slow
 def test_linear_probe_transfers_to_unseen_words_and_scratch_does_not(topics, tmp_path):
     """The test split names each topic with words the training split never uses."""
     probe = _train(topics, tmp_path / "probe", strategy="partial", trainable_blocks=0)
