@@ -194,7 +194,7 @@ export async function jobView(main, ctx, id) {
             { label: "#", num: true, value: (e) => e.rank },
             { label: "Strategy", value: (e) => e.strategy },
             { label: "Blocks", num: true, value: (e) => e.trainable_blocks },
-            { label: "Learning rate", num: true, value: (e) => fmt.lr(e.learning_rate) },
+            { label: "Learning rate", num: true, value: (e) => (e.learning_rate === null ? "– (exact probe)" : fmt.lr(e.learning_rate)) },
             { label: "Best val accuracy", num: true, value: (e) => fmt.pct(e.val_accuracy) },
             { label: "Best val loss", num: true, value: (e) => fmt.num(e.val_loss) },
             { label: "Epochs", num: true, value: (e) => e.epochs },
