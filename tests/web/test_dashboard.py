@@ -181,7 +181,8 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         shot("dataset")
 
         # 4. The job form: base models from the API (absent weights greyed out), the
-        #    schema's defaults shown; start a short linear probe.
+        #    schema's defaults shown, its null defaults (strategy, epochs) as automatic:
+        #    not sent, the service chooses. Then an explicit short auto search.
         schema = api.get("/openapi.json").json()["components"]["schemas"]["JobSpec"]["properties"]
         bases = {b["name"]: b for b in api.get("/v1/base-models").json()}
         page.click("a:text('Train a model')")
@@ -193,9 +194,31 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         assert {v for v, _ in options} == images
         assert all(disabled == (not bases[v]["weights_present"]) for v, disabled in options)
         assert page.input_value("#job-base-model") == "efficientnet_lite0"
-        assert page.input_value("#job-epochs") == str(schema["epochs"]["default"])
-        assert f"default {schema['epochs']['default']}" in page.inner_text("#job-epochs-hint")
-        assert page.is_checked(f"#strategy-{schema['strategy']['default']}")
+        assert schema["epochs"].get("default") is None
+        assert schema["strategy"].get("default") is None
+        assert page.input_value("#job-epochs") == ""
+        hint = page.inner_text("#job-epochs-hint")
+        assert "empty: chosen from the dataset size" in hint, hint
+        assert "default automatic (chosen by the service)" in hint, hint
+        assert page.is_checked("#strategy-automatic")
+        assert page.locator('input[name="strategy"]:checked').count() == 1
+        assert page.locator("#job-trainable_blocks").count() == 0  # knobs: the service's
+        # Left automatic, with a learning rate the service refuses: its message shows on
+        # the field, and the request carried neither strategy nor epochs.
+        page.fill("#job-learning_rate", "0")
+        watch.expect(422, "/v1/jobs")
+        with page.expect_response("**/v1/jobs") as refused:
+            page.click("button:text('Start training')")
+        sent = refused.value.request.post_data_json
+        assert refused.value.status == 422
+        assert "strategy" not in sent and "epochs" not in sent, sent
+        assert sent["learning_rate"] == 0 and sent["dataset_id"] == dataset["id"]
+        message = refused.value.json()["error"]["message"]
+        assert page.locator(".form-error .alert-message").inner_text() == message
+        assert page.get_attribute("#job-learning_rate", "aria-invalid") == "true"
+        shot("job-form-refused")
+        # An explicit strategy shows its knobs, with the schema's defaults.
+        page.check("#strategy-partial")
         assert page.input_value("#job-trainable_blocks") == str(
             schema["trainable_blocks"]["default"]
         )
@@ -211,7 +234,10 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         page.fill("#job-batch_size", "16")
         page.fill("#job-early_stopping_patience", "")
         shot("job-form")
-        page.click("button:text('Start training')")
+        with page.expect_request("**/v1/jobs") as started:
+            page.click("button:text('Start training')")
+        sent = started.value.post_data_json
+        assert (sent["strategy"], sent["epochs"], sent["auto_budget_epochs"]) == ("auto", 6, 2)
 
         # 5. The job view follows the event stream: the search's candidates live, then the
         #    final training's curves and stages, to 100% and the ranked leaderboard.
@@ -239,6 +265,7 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         assert any(t.startswith("Stage 2 of 2") and "ETA" in t for t in texts), texts
         job = api.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "succeeded"
+        assert (job["spec"]["strategy"], job["spec"]["epochs"]) == ("auto", 6)
         epochs = [h for h in job["history"] if "val_loss" in h and h.get("phase") != "search"]
         curves = page.evaluate(
             "[...document.querySelectorAll('.chart canvas')].map(c => "
@@ -249,9 +276,12 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
             [h["val_loss"] for h in epochs],
         ]
         assert curves[1] == [[h["val_accuracy"] for h in epochs]]
+        # The last report's groups; the exact probe (when it won the search, the final run
+        # is the probe alone) has none: one row, its head.
+        last = epochs[-1]
         stage = page.locator("#job-stage tbody tr").all_inner_texts()
         assert stage[0].startswith("head\tyes")
-        assert len(stage) == len(epochs[-1]["schedule"])
+        assert len(stage) == (1 if last.get("stage") == "probe" else len(last["schedule"]))
         assert page.locator("#job-stages li").first.inner_text().startswith("epoch")
         board = page.locator("#job-leaderboard tbody tr").all_inner_texts()
         assert [r.split("\t")[1] for r in board] == [e["strategy"] for e in job["leaderboard"]]

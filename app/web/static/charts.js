@@ -45,7 +45,7 @@ export function lineChart({ title, xLabel = "epoch", yLabel, series, yMin, yMax,
       parsing: true,
       interaction: { mode: "nearest", intersect: false },
       scales: {
-        x: axis(xLabel, { type: "linear", ticks: { precision: 0 }, min: 1, suggestedMax: 2 }),
+        x: axis(xLabel, { type: "linear", ticks: { precision: 0 }, suggestedMin: 1, suggestedMax: 2 }),
         y: axis(yLabel, { min: yMin, max: yMax }),
       },
       plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } },

@@ -50,7 +50,7 @@ export async function jobView(main, ctx, id) {
   // The run so far as stages: consecutive epochs with the same groups at the same rates.
   function addStage(r) {
     if (r.phase === "search") return;
-    const what = stageText(r.schedule || []);
+    const what = r.stage === "probe" ? PROBE_TEXT : stageText(r.schedule || []);
     const lastStage = state.stages[state.stages.length - 1];
     if (lastStage && lastStage.what === what) lastStage.to = r.epoch;
     else state.stages.push({ from: r.epoch, to: r.epoch, what });
@@ -73,7 +73,8 @@ export async function jobView(main, ctx, id) {
     const r = state.last;
     if (state.status === "succeeded") {
       bar.value = 100;
-      barText.textContent = `Done · 100% · ${r ? `${r.epoch} epochs` : ""}`;
+      const probeOnly = r && r.stage === "probe";
+      barText.textContent = `Done · 100% · ${r ? (probeOnly ? PROBE_TEXT : `${r.epoch} epochs`) : ""}`;
       return;
     }
     if (!r) {
@@ -97,16 +98,40 @@ export async function jobView(main, ctx, id) {
     const searchTotal = Math.max(spec.auto_budget_epochs || 0, searched);
     const search = r.phase === "search";
     const done = searched + (search ? 0 : r.epoch);
-    const total = searchTotal + (search ? spec.epochs : r.epochs);
+    // Automatic epochs are unknown until the final training reports them: counted as
+    // long as the search meanwhile.
+    const total = searchTotal + (search ? (spec.epochs ?? searchTotal) : r.epochs);
     bar.value = Math.round(Math.min(done / total, 1) * 100);
     const end = TERMINAL.has(state.status) ? ` · ${state.status}` : "";
     barText.textContent = search
-      ? `Stage 1 of 2, search: candidate ${r.candidate + 1}, epoch ${r.epoch} of ${r.epochs} · ${bar.value}% overall${end}`
+      ? `Stage 1 of 2, search: ${candidateName(r)}, epoch ${r.epoch} of ${r.epochs} · ${bar.value}% overall${end}`
       : `Stage 2 of 2, the chosen strategy: epoch ${r.epoch} of ${r.epochs} · ${bar.value}% overall · ` +
         (end ? state.status : `ETA ${fmt.duration(r.eta_seconds)}`);
   }
 
   function showStage(r) {
+    if (r.stage === "probe") {
+      // Epoch 0: the head fitted exactly on the frozen backbone's features (no schedule).
+      clear(
+        stage,
+        h(
+          "p",
+          {},
+          r.phase === "search" ? "Search, the probe: " : "",
+          `${PROBE_TEXT}: the head fitted on frozen features${r.C !== undefined ? ` (C = ${r.C})` : ""}, `,
+          `${fmt.int(r.trainable_params)} trainable parameters.`,
+        ),
+        table(
+          [
+            { label: "Group (top → bottom)", value: () => "head" },
+            { label: "Trains", value: () => "yes, exact fit" },
+            { label: "Parameters", num: true, value: () => fmt.int(r.trainable_params) },
+          ],
+          [r],
+        ),
+      );
+      return;
+    }
     const groups = r.schedule || [];
     const training = groups.filter((g) => g.trainable);
     const frozen = groups.length - training.length;
@@ -115,7 +140,7 @@ export async function jobView(main, ctx, id) {
       h(
         "p",
         {},
-        r.phase === "search" ? `Search candidate ${r.candidate + 1}, ` : "",
+        r.phase === "search" ? `Search, ${candidateName(r)}, ` : "",
         `epoch ${r.epoch}: ${training.length} of ${groups.length} parameter groups train (${frozen} frozen), `,
         `${fmt.int(r.trainable_params)} trainable parameters.`,
       ),
@@ -137,14 +162,16 @@ export async function jobView(main, ctx, id) {
   function showBoard(final) {
     if (spec.strategy !== "auto") return;
     if (!final) {
-      const rows = [...state.search.values()].sort((a, b) => a.candidate - b.candidate);
+      // The probe (candidate "probe") first, then the numbered candidates.
+      const order = (e) => (typeof e.candidate === "number" ? e.candidate : -1);
+      const rows = [...state.search.values()].sort((a, b) => order(a) - order(b));
       clear(
         board,
         card(
           "Auto search: candidates (live)",
           table(
             [
-              { label: "Candidate", num: true, value: (e) => e.candidate + 1 },
+              { label: "Candidate", num: true, value: (e) => (typeof e.candidate === "number" ? e.candidate + 1 : e.candidate) },
               { label: "Trains (now)", value: (e) => e.trains },
               { label: "Best val accuracy", num: true, value: (e) => fmt.pct(e.val_accuracy) },
               { label: "Best val loss", num: true, value: (e) => fmt.num(e.val_loss) },
@@ -167,7 +194,7 @@ export async function jobView(main, ctx, id) {
             { label: "#", num: true, value: (e) => e.rank },
             { label: "Strategy", value: (e) => e.strategy },
             { label: "Blocks", num: true, value: (e) => e.trainable_blocks },
-            { label: "Learning rate", num: true, value: (e) => fmt.lr(e.learning_rate) },
+            { label: "Learning rate", num: true, value: (e) => (e.learning_rate === null ? "– (exact probe)" : fmt.lr(e.learning_rate)) },
             { label: "Best val accuracy", num: true, value: (e) => fmt.pct(e.val_accuracy) },
             { label: "Best val loss", num: true, value: (e) => fmt.num(e.val_loss) },
             { label: "Epochs", num: true, value: (e) => e.epochs },
@@ -248,7 +275,7 @@ export async function jobView(main, ctx, id) {
       stat("dataset", link(`#/datasets/${encodeURIComponent(spec.dataset_id)}`, spec.dataset_id)),
       stat("base model", spec.base_model),
       stat("strategy", spec.strategy),
-      stat("epochs", String(spec.epochs)),
+      stat("epochs", spec.epochs === null || spec.epochs === undefined ? "automatic" : String(spec.epochs)),
       stat("learning rate", fmt.lr(spec.learning_rate)),
       stat("created", fmt.date(job.created_at)),
     ),
@@ -294,6 +321,13 @@ export async function jobView(main, ctx, id) {
   live.title = "the job has ended: nothing more will change";
 }
 
+const PROBE_TEXT = "exact linear probe";
+
+// A search report names its candidate by index, or "probe" for the exact probe (rung 0).
+function candidateName(r) {
+  return typeof r.candidate === "number" ? `candidate ${r.candidate + 1}` : `the ${PROBE_TEXT}`;
+}
+
 function stageText(groups) {
   const on = groups.filter((g) => g.trainable);
   if (!on.length) return "nothing trains";
@@ -304,6 +338,7 @@ function stageText(groups) {
 // What a search candidate trains, read from its epoch report's schedule (a report names
 // its candidate by index only; the final leaderboard names the strategy).
 function trainsOf(r) {
+  if (r.stage === "probe") return `head only (${PROBE_TEXT})`;
   const groups = r.schedule || [];
   const trainable = groups.filter((g) => g.trainable);
   if (trainable.length === groups.length) return "everything";

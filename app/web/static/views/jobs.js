@@ -25,7 +25,7 @@ export const STRATEGIES = {
   auto: {
     title: "Auto",
     text: "A bounded search over strategy × depth × learning rate on the validation split, then the best.",
-    knobs: ["auto_budget_epochs", "lr_decay"],
+    knobs: ["auto_budget_epochs", "auto_budget_seconds", "lr_decay"],
   },
 };
 
@@ -68,7 +68,7 @@ export async function jobList(main, ctx) {
             { label: "Job", value: (j) => link(`#/jobs/${encodeURIComponent(j.id)}`, j.id) },
             { label: "Status", value: (j) => badge(j.status) },
             { label: "Base model", value: (j) => j.spec.base_model },
-            { label: "Strategy", value: (j) => j.spec.strategy },
+            { label: "Strategy", value: (j) => j.spec.strategy ?? "automatic" },
             { label: "Progress", value: (j) => miniProgress(j) },
             { label: "Model", value: (j) => (j.model_id ? link(`#/models/${encodeURIComponent(j.model_id)}`, j.model_id) : "–") },
             { label: "Created", value: (j) => fmt.date(j.created_at) },
@@ -99,13 +99,16 @@ function miniProgress(job) {
     "span",
     { class: "mini-progress" },
     h("progress", { max: "1", value: String(p.fraction || 0), "aria-label": `${job.id} progress` }),
-    ` ${p.epoch || 0}/${p.epochs || job.spec.epochs}`,
+    ` ${p.epoch || 0}/${p.epochs || job.spec.epochs || "?"}`,
   );
 }
 
 // ---------------------------------------------------------------- the form
 
-// A JobSpec property as {type, enum, nullable, default, min, max, description}.
+// A JobSpec property as {type, enum, nullable, default, auto, min, max, description}.
+// A nullable field without a default in the schema defaults to null (pydantic leaves
+// `default: null` out). `auto`: null means the service chooses ("null: chosen from …"),
+// shown as "automatic"; its text is what it is chosen from.
 function describe(schema, name) {
   const prop = schema.properties[name];
   let variants = prop.anyOf || [prop];
@@ -118,12 +121,21 @@ function describe(schema, name) {
     type: values.length ? "enum" : v.type,
     values,
     nullable,
-    default: prop.default,
+    default: "default" in prop ? prop.default : nullable ? null : undefined,
+    auto: autoText(prop, nullable),
     min: v.minimum ?? v.exclusiveMinimum,
     max: v.maximum ?? v.exclusiveMaximum,
     description: prop.description || "",
   };
 }
+
+function autoText(prop, nullable) {
+  if (!nullable || (prop.default !== undefined && prop.default !== null)) return null;
+  const m = /^null: (chosen\b.*)$/s.exec(prop.description || "");
+  return m ? m[1] : null;
+}
+
+export const AUTOMATIC = "automatic (chosen by the service)";
 
 // One line each for the knobs whose schema field has no description of its own.
 const HELP = {
@@ -147,13 +159,15 @@ const HELP = {
 };
 
 function defaultText(d) {
+  if (d.auto) return AUTOMATIC;
   if (d.default === null || d.default === undefined) return "none";
   return String(d.default);
 }
 
 function knob(d) {
   const id = `job-${d.name}`;
-  const hint = [d.description || HELP[d.name], `default ${defaultText(d)}`].filter(Boolean).join(" · ");
+  const about = d.auto ? [HELP[d.name], `empty: ${d.auto}`] : [d.description || HELP[d.name]];
+  const hint = [...about, `default ${defaultText(d)}`].filter(Boolean).join(" · ");
   let input;
   if (d.type === "boolean") {
     input = h("input", { id, name: d.name, type: "checkbox", checked: Boolean(d.default) });
@@ -163,7 +177,7 @@ function knob(d) {
   }
   if (d.type === "enum") {
     const opts = d.values.map((v) => h("option", { value: String(v), selected: v === d.default }, String(v)));
-    if (d.nullable) opts.unshift(h("option", { value: "", selected: d.default === null }, "none"));
+    if (d.nullable) opts.unshift(h("option", { value: "", selected: d.default === null }, d.auto ? AUTOMATIC : "none"));
     input = h("select", { id, name: d.name }, opts);
   } else if (d.type === "integer" || d.type === "number") {
     input = h("input", {
@@ -175,7 +189,7 @@ function knob(d) {
       min: d.min !== undefined ? String(d.min) : null,
       max: d.max !== undefined ? String(d.max) : null,
       value: d.default === null || d.default === undefined ? "" : String(d.default),
-      placeholder: d.nullable ? "off" : null,
+      placeholder: d.auto ? "automatic" : d.nullable ? "off" : null,
       required: !d.nullable,
     });
   } else {
@@ -189,7 +203,8 @@ function readKnob(form, d) {
   if (!el) return undefined;
   if (d.type === "boolean") return el.checked;
   const raw = el.value.trim();
-  if (raw === "") return d.nullable ? null : undefined;
+  // Left at "automatic": not sent, the service chooses (and stores its choice).
+  if (raw === "") return d.nullable && !d.auto ? null : undefined;
   // As typed: 1.5 for an integer is the service's 422 to explain, not ours to round.
   if (d.type === "integer" || d.type === "number") return Number(raw);
   return raw;
@@ -243,8 +258,22 @@ export async function jobForm(main, ctx) {
   const submit = h("button", { type: "submit", class: "primary" }, "Start training");
 
   const wantedBase = ctx.query.get("base");
-  // The strategies the schema allows (a new one shows with its name until described here).
-  for (const name of knobs.strategy.values) {
+  // The strategies the schema allows (a new one shows with its name until described here);
+  // a null default first, as "Automatic": the service chooses from the base model.
+  const st = knobs.strategy;
+  if (st.nullable && st.default === null) {
+    const text = st.auto || "chosen by the service";
+    strategyBox.append(
+      h(
+        "label",
+        { class: "strategy", for: "strategy-automatic" },
+        h("input", { type: "radio", name: "strategy", id: "strategy-automatic", value: "", checked: true }),
+        h("span", { class: "strategy-title" }, "Automatic (default)"),
+        h("span", { class: "strategy-text" }, `${text[0].toUpperCase()}${text.slice(1)}.`),
+      ),
+    );
+  }
+  for (const name of st.values) {
     const s = STRATEGIES[name] || { title: name, text: "", knobs: [] };
     const id = `strategy-${name}`;
     strategyBox.append(
@@ -332,7 +361,9 @@ export async function jobForm(main, ctx) {
     const s = form.elements.strategy.value;
     clear(
       strategyKnobs,
-      STRATEGIES[s]?.knobs.length
+      !s
+        ? h("p", { class: "muted" }, "The service chooses the strategy and its knobs; the job's spec shows its choice.")
+        : STRATEGIES[s]?.knobs.length
         ? STRATEGIES[s].knobs.filter((n) => knobs[n]).map((n) => knob(knobs[n]))
         : h("p", { class: "muted" }, "No knobs of its own."),
     );
@@ -345,14 +376,12 @@ export async function jobForm(main, ctx) {
     e.preventDefault();
     clear(error);
     for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-    const spec = {
-      dataset_id: dsSelect.value,
-      base_model: baseSelect.value,
-      strategy: form.elements.strategy.value,
-    };
+    const spec = { dataset_id: dsSelect.value, base_model: baseSelect.value };
+    // "" is Automatic: no strategy sent.
+    if (form.elements.strategy.value) spec.strategy = form.elements.strategy.value;
     const shown = new Set([...form.querySelectorAll("[name]")].map((el) => el.name));
     for (const d of Object.values(knobs)) {
-      if (d.name in spec || !shown.has(d.name)) continue;
+      if (["dataset_id", "base_model", "strategy"].includes(d.name) || !shown.has(d.name)) continue;
       const v = readKnob(form, d);
       if (v !== undefined) spec[d.name] = v;
     }
