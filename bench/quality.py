@@ -766,7 +766,7 @@ def run_references(data: Data, rows: list[str], args) -> tuple[dict, float | Non
         t = time.perf_counter()
         f_train = pooled_features(model, enc.x_train, enc.prep).numpy()
         forward_s = time.perf_counter() - t
-        f_test = pooled_features(model, enc.x_test, enc.prep).numpy()
+        f_test = pooled_features(model, enc.x_test, enc.prep).numpy() if "lr" in rows else None
         feat_s = encode_s + forward_s
     if "lr" in rows:
         t = time.perf_counter()
@@ -904,6 +904,7 @@ def run_service(client: httpx.Client, data: Data, rows: list[str], args) -> dict
                 - datetime.fromisoformat(job["created_at"])
             ).total_seconds()
         res["epochs_run"] = len(job.get("history") or [])
+        res["resolved_spec"] = job.get("spec")  # what the service chose for the defaults
         res["service_metrics"] = {
             k: v for k, v in (job.get("metrics") or {}).items() if isinstance(v, int | float)
         }
@@ -962,7 +963,8 @@ def table(results: dict) -> str:
             if "epochs" in r:
                 notes.append(f"epochs {r['epochs']}")
             if "epochs_run" in r:
-                notes.append(f"{r['epochs_run']} epochs")
+                strategy = (r.get("resolved_spec") or {}).get("strategy")
+                notes.append(f"{strategy + ', ' if strategy else ''}{r['epochs_run']} epochs")
             if r.get("leaderboard"):
                 notes.append(f"{len(r['leaderboard'])} candidates")
             if r.get("reused"):
@@ -1072,7 +1074,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     ap.add_argument("--repo", type=Path, default=REPO, help="the service's code")
     ap.add_argument("--json", type=Path, default=REPO / "bench/results/quality.json")
-    ap.add_argument("--references", type=Path, help="reuse reference rows from this JSON")
+    ap.add_argument("--references", type=Path, action="append", default=[],
+                    help="reuse reference rows (same dataset config) from this earlier "
+                    "JSON; may be given more than once")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fashion-train", type=int, default=1000)
     ap.add_argument("--fashion-test", type=int, default=1000)
@@ -1097,7 +1101,9 @@ def main(argv: list[str] | None = None) -> dict:
         args.ft_epochs, args.tab_epochs = 1, 10
     if not args.no_install:
         ensure_installed(names)
-    old = json.loads(args.references.read_text()) if args.references else None
+    old: dict = {"datasets": {}}
+    for path in args.references:
+        old["datasets"].update(json.loads(path.read_text()).get("datasets", {}))
     torch.manual_seed(args.seed)
     repo = args.repo.resolve()
     results = {
@@ -1158,10 +1164,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _git_head(repo: Path) -> str:
     try:
-        return subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+        def git(*a: str) -> str:
+            return subprocess.run(["git", "-C", str(repo), *a], capture_output=True,
+                                  text=True, check=True).stdout.strip()  # fmt: skip
+
+        dirty = any(not line.startswith("??") for line in git("status", "--porcelain").splitlines())
+        return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if dirty else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"
 
