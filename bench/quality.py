@@ -1077,6 +1077,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--references", type=Path, action="append", default=[],
                     help="reuse reference rows (same dataset config) from this earlier "
                     "JSON; may be given more than once")  # fmt: skip
+    ap.add_argument("--reuse-forward", action="store_true",
+                    help="when every reference row is reused, take the bare forward time "
+                    "from --references too instead of measuring it again")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fashion-train", type=int, default=1000)
     ap.add_argument("--fashion-test", type=int, default=1000)
@@ -1102,8 +1105,12 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_install:
         ensure_installed(names)
     old: dict = {"datasets": {}}
-    for path in args.references:
-        old["datasets"].update(json.loads(path.read_text()).get("datasets", {}))
+    for path in args.references:  # merged row by row, later files first
+        for name, d in json.loads(path.read_text()).get("datasets", {}).items():
+            prev = old["datasets"].get(name)
+            if prev is not None and prev.get("config") == d.get("config"):
+                d = {**prev, **d, "rows": {**prev["rows"], **d["rows"]}}
+            old["datasets"][name] = d
     torch.manual_seed(args.seed)
     repo = args.repo.resolve()
     results = {
@@ -1129,10 +1136,12 @@ def main(argv: list[str] | None = None) -> dict:
                 reused = {r: reusable(old, data, r) for r in ref_rows}
                 todo = [r for r in ref_rows if reused[r] is None]
                 print(f"[{name}] references {todo or '(reused)'} ...", flush=True)
-                refs, fwd = run_references(data, todo, args)
+                old_fwd = old["datasets"].get(name, {}).get("bare_forward_s")
+                if not todo and args.reuse_forward and old_fwd is not None:
+                    refs, fwd = {}, old_fwd  # skip even the forward pass (224 px: minutes)
+                else:
+                    refs, fwd = run_references(data, todo, args)
                 refs.update({r: v for r, v in reused.items() if v is not None})
-                if fwd is None and old and data.modality != "tabular":
-                    fwd = old.get("datasets", {}).get(name, {}).get("bare_forward_s")
                 print(f"[{name}] service rows ...", flush=True)
                 svc = run_service(client, data, [r for r in mine if r in SERVICE_ROWS], args)
                 results["datasets"][name] = {
