@@ -894,7 +894,13 @@ def run_service(client: httpx.Client, data: Data, rows: list[str], args) -> dict
         if r.status_code != 202:
             out[row] = {"na": _error(r), "spec": spec}
             continue
-        job = wait_done(client, r.json()["id"], deadline_s=args.job_timeout, poll_s=0.25)
+        try:
+            job = wait_done(client, r.json()["id"], deadline_s=args.job_timeout, poll_s=0.25)
+        except TimeoutError:
+            client.post(f"/v1/jobs/{r.json()['id']}/cancel")
+            out[row] = {"na": f"not done after --job-timeout {args.job_timeout:g} s (cancelled)",
+                        "spec": spec}  # fmt: skip
+            continue
         post_done = time.perf_counter() - t
         res = {"spec": spec, "job_id": job["id"], "status": job["status"],
                "post_to_done_s": post_done, "upload_s": upload_s}  # fmt: skip
