@@ -953,7 +953,8 @@ def table(results: dict) -> str:
         fwd = d.get("bare_forward_s")
         lines.append(
             f"| **{name}** | {d['describe']}; one bare forward over train: "
-            f"{_fmt(fwd, 2) + ' s' if fwd is not None else 'n/a'} | | | | | | |"
+            f"{_fmt(fwd, 2) + ' s' if fwd is not None else 'n/a'}"
+            f"{' (from an earlier run)' if d.get('bare_forward_reused') else ''} | | | | | | |"
         )
         for row, r in d["rows"].items():
             if "scores" not in r:
@@ -1158,6 +1159,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "n_train": len(data.x_train),
                     "n_test": len(data.x_test),
                     "bare_forward_s": fwd,
+                    "bare_forward_reused": not todo and args.reuse_forward and fwd == old_fwd,
                     "rows": {r: (refs | svc)[r] for r in mine if r in refs | svc},
                 }
                 _write(args.json, results)
