@@ -53,6 +53,8 @@ def _stage(report: dict) -> str:
     """The strategy's current stage, from an epoch report."""
     if report.get("phase") == "search":
         return f"search, candidate {report.get('candidate', '?')}"
+    if report.get("stage") == "probe":
+        return "exact linear probe"
     groups = report.get("schedule") or []
     trainable = [g["group"] for g in groups if g.get("trainable")]
     if not groups:
@@ -66,6 +68,13 @@ def _stage(report: dict) -> str:
 
 
 def _epoch_line(report: dict) -> str:
+    if report.get("stage") == "probe":  # the head fitted exactly before any epoch (LP-FT)
+        return (
+            f"probe  C {_fmt(report.get('C'))}"
+            f"  train_loss {_fmt(report.get('train_loss'))}"
+            f"  val_loss {_fmt(report.get('val_loss'))}"
+            f"  val_accuracy {_fmt(report.get('val_accuracy'))}"
+        )
     return (
         f"epoch {report.get('epoch')}/{report.get('epochs')}"
         f"  train_loss {_fmt(report.get('train_loss'))}"

@@ -51,8 +51,8 @@ def no_traceback(r: subprocess.CompletedProcess) -> None:
 def test_train_a_folder_follow_json_then_predict(server, digits_folder, tmp_path):
     r = finetune(
         "train", str(digits_folder), "--base-model", "efficientnet_lite0",
-        "--epochs", "4", "--image-size", "32", "--learning-rate", "0.01",
-        "--name", "cli-digits", "--follow", "--json",
+        "--strategy", "layerwise", "--epochs", "4", "--image-size", "32",
+        "--learning-rate", "0.01", "--name", "cli-digits", "--follow", "--json",
         url=server,
     )  # fmt: skip
     no_traceback(r)
@@ -62,8 +62,11 @@ def test_train_a_folder_follow_json_then_predict(server, digits_folder, tmp_path
     assert job["spec"]["epochs"] == 4 and job["spec"]["image_size"] == 32
     # Not a TTY: one plain line per epoch (to stderr, since stdout is for the JSON).
     epoch_lines = [line for line in r.stderr.splitlines() if line.startswith("epoch ")]
-    epochs_run = len([h for h in job["history"] if "val_accuracy" in h])
+    epochs_run = len([h for h in job["history"] if h.get("stage") != "probe"])
     assert len(epoch_lines) == epochs_run >= 1
+    # LP-FT: the exact probe fits the head first, and says so on its own line.
+    assert job["history"][0]["stage"] == "probe"
+    assert any(line.startswith("probe  C ") for line in r.stderr.splitlines()), r.stderr
     assert epoch_lines[0].startswith("epoch 1/4") and "train_loss" in epoch_lines[0]
     assert f"model {job['model_id']}" in r.stderr and "test accuracy" in r.stderr
     # The folder was zipped as it streamed, and the server saw every image in its class.
@@ -90,7 +93,8 @@ def test_train_a_folder_follow_json_then_predict(server, digits_folder, tmp_path
     # On a terminal the same events drive a rich progress bar (replayed: the job is done).
     rc, screen = on_a_tty("jobs", "events", job["id"], "--follow", url=server)
     assert rc == 0, screen
-    assert f"epoch {epochs_run}/4" in screen and "succeeded" in screen and "head only" in screen
+    # layerwise: by its last epoch the head and the top blocks train
+    assert f"epoch {epochs_run}/4" in screen and "succeeded" in screen and "head + top" in screen
     assert "\x1b[" in screen  # drawn with terminal control sequences, not plain lines
     assert not any(line.startswith("epoch 1/4  train_loss") for line in screen.splitlines())
 
@@ -149,8 +153,8 @@ def test_ctrl_c_detaches_and_a_cancelled_job_exits_1(server, digits_folder):
     client = Client(server, TEST_KEY)
     ds = client.datasets.upload(digits_folder)
     job = client.jobs.create(
-        dataset_id=ds.id, base_model="efficientnet_lite0", epochs=300, image_size=32,
-        early_stopping_patience=None,
+        dataset_id=ds.id, base_model="efficientnet_lite0", strategy="full", epochs=300,
+        image_size=32, early_stopping_patience=None,
     )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
     follower = subprocess.Popen(

@@ -21,13 +21,13 @@ def test_used_by_path(server, digits_folder, tmp_path):
     ds = client.datasets.upload(digits_folder, name="sdk-digits")
     assert ds.num_samples == 48 and ds.classes == ["digit_0", "digit_1", "digit_2"]
     job = client.jobs.create(
-        dataset_id=ds.id, base_model="efficientnet_lite0", epochs=3, image_size=32,
-        learning_rate=0.01, idempotency_key="sdk-1",
+        dataset_id=ds.id, base_model="efficientnet_lite0", strategy="layerwise", epochs=3,
+        image_size=32, learning_rate=0.01, idempotency_key="sdk-1",
     )  # fmt: skip
     assert job.status == "queued"
     again = client.jobs.create(
-        dataset_id=ds.id, base_model="efficientnet_lite0", epochs=3, image_size=32,
-        learning_rate=0.01, idempotency_key="sdk-1",
+        dataset_id=ds.id, base_model="efficientnet_lite0", strategy="layerwise", epochs=3,
+        image_size=32, learning_rate=0.01, idempotency_key="sdk-1",
     )  # fmt: skip
     assert again.id == job.id
 
@@ -37,7 +37,7 @@ def test_used_by_path(server, digits_folder, tmp_path):
     statuses = [e.data["status"] for e in events if e.type == "status"]
     assert statuses[0] == "queued" and statuses[-1] == "succeeded"
     epochs = [e.data["epoch"] for e in events if e.type == "epoch"]
-    assert epochs == list(range(1, len(epochs) + 1)) and epochs
+    assert epochs == list(range(len(epochs))) and len(epochs) > 1  # the probe is epoch 0
 
     # A follower that starts late (Last-Event-ID) gets only what came after.
     tail = list(client.jobs.follow(job.id, after=ids[-3]))

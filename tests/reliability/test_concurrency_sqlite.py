@@ -90,9 +90,9 @@ def test_sqlite_api_and_worker_writing_at_once(embedded: Live, tmp_path):
     assert set(statuses) <= {200, 201, 202}, statuses
     # The worker's writes all landed, once each, while the API wrote too.
     assert job["status"] == "succeeded" and job["attempts"] == 1, job
-    assert [h["epoch"] for h in job["history"]] == list(range(1, EPOCHS + 1))
+    assert [h["epoch"] for h in job["history"]] == list(range(EPOCHS + 1))  # probe: epoch 0
     evs = events(client, job_id)
-    assert [e["data"]["epoch"] for e in evs if e["type"] == "epoch"] == list(range(1, EPOCHS + 1))
+    assert [e["data"]["epoch"] for e in evs if e["type"] == "epoch"] == list(range(EPOCHS + 1))
     # ...and so did the API's: every job created is there, every one cancelled.
     listed = client.get("/v1/jobs", params={"limit": 500}).json()
     assert listed["total"] == len(created) + 1

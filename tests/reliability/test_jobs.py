@@ -74,7 +74,7 @@ def test_two_workers_ten_jobs_each_runs_exactly_once(dist, owner):
     for job in jobs:
         evs = events(client, job["id"])
         assert _statuses(evs) == ["queued", "running", "succeeded"], evs
-        assert [e["data"]["epoch"] for e in evs if e["type"] == "epoch"] == [1, 2]
+        assert [e["data"]["epoch"] for e in evs if e["type"] == "epoch"] == [0, 1, 2]  # 0: probe
         workers |= {e["data"]["worker"] for e in evs if e["data"].get("status") == "running"}
     assert len(workers) == 2, "both workers should have taken jobs"
     models = client.get("/v1/models", params={"limit": 50}).json()
@@ -110,7 +110,7 @@ def test_api_sigkilled_and_restarted_mid_job_loses_nothing(request, mode, tmp_pa
     for job_id, epochs in ((long["id"], 25), (short["id"], 2)):
         job = poll(client, job_id, finished, 90)
         assert job["status"] == "succeeded" and job["attempts"] == 1, job
-        assert [h["epoch"] for h in job["history"]] == list(range(1, epochs + 1))
+        assert [h["epoch"] for h in job["history"]] == list(range(epochs + 1))  # 0: probe
         assert _statuses(events(client, job_id)) == ["queued", "running", "succeeded"]
     assert client.get("/v1/models").json()["total"] == 2
     assert client.get(f"/v1/datasets/{dataset_id}").status_code == 200
