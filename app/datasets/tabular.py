@@ -148,6 +148,30 @@ def _is_number(value: str) -> bool:
         return False
 
 
+def _csv_columns(csv_path: Path, *, is_text: bool, label_column: str, text_column: str):
+    """Open a CSV and resolve its columns: (rows after the header, names, label index,
+    text index or None, split index or None, feature indices, the indices kept)."""
+    if SPLIT_COLUMN in (label_column, text_column if is_text else None):
+        raise IngestError("invalid_parameter", f"{SPLIT_COLUMN!r} is reserved for the split column")
+    if is_text and text_column == label_column:
+        raise IngestError("invalid_parameter", "text_column and label_column must differ")
+    rows = _rows(csv_path)
+    _, header_row = next(rows)
+    names = _header(header_row)
+    label_at = _require(names, label_column, "label")
+    text_at = _require(names, text_column, "text") if is_text else None
+    split_at = names.index(SPLIT_COLUMN) if SPLIT_COLUMN in names else None
+    if is_text:
+        keep = sorted({text_at, label_at})  # type: ignore[arg-type]
+        features: list[int] = []
+    else:
+        features = [i for i in range(len(names)) if i not in (label_at, split_at)]
+        if not features:
+            raise IngestError("bad_csv", "a tabular dataset needs at least one feature column")
+        keep = sorted([*features, label_at])
+    return rows, names, label_at, text_at, split_at, features, keep
+
+
 def ingest_csv(
     *,
     csv_path: Path,
@@ -164,25 +188,9 @@ def ingest_csv(
         raise IngestError("unsupported_task", f"task must be one of {', '.join(TASKS)} for a CSV")
     check_fraction(test_fraction)
     is_text = task == "text_classification"
-    if SPLIT_COLUMN in (label_column, text_column if is_text else None):
-        raise IngestError("invalid_parameter", f"{SPLIT_COLUMN!r} is reserved for the split column")
-    if is_text and text_column == label_column:
-        raise IngestError("invalid_parameter", "text_column and label_column must differ")
-
-    rows = _rows(csv_path)
-    _, header_row = next(rows)
-    names = _header(header_row)
-    label_at = _require(names, label_column, "label")
-    text_at = _require(names, text_column, "text") if is_text else None
-    split_at = names.index(SPLIT_COLUMN) if SPLIT_COLUMN in names else None
-    if is_text:
-        keep = sorted({text_at, label_at})  # type: ignore[arg-type]
-        features: list[int] = []
-    else:
-        features = [i for i in range(len(names)) if i not in (label_at, split_at)]
-        if not features:
-            raise IngestError("bad_csv", "a tabular dataset needs at least one feature column")
-        keep = sorted([*features, label_at])
+    rows, names, label_at, text_at, split_at, features, keep = _csv_columns(
+        csv_path, is_text=is_text, label_column=label_column, text_column=text_column
+    )
 
     # Pass 1: validate every row; remember only labels, splits and column statistics.
     label_ids: dict[str, int] = {}  # by the label's spelling in the file

@@ -45,9 +45,8 @@ from app.datasets.tabular import (
     MAX_CATEGORIES,
     MISSING,
     SPLIT_COLUMN,
-    _header,
+    _csv_columns,
     _is_number,
-    _require,
     _rows,
 )
 
@@ -182,26 +181,10 @@ def ingest_csv_targets(
     """A text_ or tabular_ multi-label / regression CSV into `dest_dir`; the manifest."""
     check_fraction(test_fraction)
     is_text = task.startswith("text_")
-    if SPLIT_COLUMN in (label_column, text_column if is_text else None):
-        raise IngestError("invalid_parameter", f"{SPLIT_COLUMN!r} is reserved for the split column")
-    if is_text and text_column == label_column:
-        raise IngestError("invalid_parameter", "text_column and label_column must differ")
     targets = Targets(task, label_column, label_separator)
-
-    rows = _rows(csv_path)
-    _, header_row = next(rows)
-    names = _header(header_row)
-    label_at = _require(names, label_column, "label")
-    text_at = _require(names, text_column, "text") if is_text else None
-    split_at = names.index(SPLIT_COLUMN) if SPLIT_COLUMN in names else None
-    if is_text:
-        keep = sorted({text_at, label_at})  # type: ignore[arg-type]
-        features: list[int] = []
-    else:
-        features = [i for i in range(len(names)) if i not in (label_at, split_at)]
-        if not features:
-            raise IngestError("bad_csv", "a tabular dataset needs at least one feature column")
-        keep = sorted([*features, label_at])
+    rows, names, label_at, text_at, split_at, features, keep = _csv_columns(
+        csv_path, is_text=is_text, label_column=label_column, text_column=text_column
+    )
 
     splits: list[str] = []
     numeric = dict.fromkeys(features, True)
