@@ -141,3 +141,23 @@ def embedded_service(tmp_path: Path, key: str, **extra_env: str):
         stop(proc)
         if log.exists():
             print(f"----- serve.log (tail) -----\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A tmpfs of `size` mounted at `path` (a full disk on demand); skips the test, with
+    the reason, where it cannot be mounted (it needs root)."""
+    import pytest
+
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs at {path} (needs root): {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

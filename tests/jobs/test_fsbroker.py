@@ -2,13 +2,13 @@
 (real kombu connections on a real filesystem: a 1 MiB tmpfs when it can be mounted)."""
 
 import errno
-import subprocess
 
 import pytest
 from kombu import Connection
 from kombu.exceptions import ChannelError
 
 from app.jobs import fsbroker
+from tests.helpers import small_tmpfs
 
 # kombu keeps declared exchanges in class-level state: a queue name per test, so a second
 # connection in this process (to another folder) declares its own.
@@ -41,19 +41,8 @@ def _fill(path) -> None:
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    mount = tmp_path / "broker"
-    mount.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the broker dir (needs root): {r.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "broker", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_send_that_fails_on_a_full_disk_leaves_no_message(tiny_disk):

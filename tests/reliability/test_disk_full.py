@@ -4,12 +4,12 @@ answer 507, no broken message is left in the embedded broker's queue, and the se
 works again by itself once space is freed."""
 
 import errno
-import subprocess
 import time
 
 import httpx
 import pytest
 
+from tests.helpers import small_tmpfs
 from tests.reliability.conftest import finished, poll, upload_digits
 from tests.reliability.test_crash import SLOW_SPEC
 from tests.reliability.test_serve_process import Serve
@@ -17,19 +17,8 @@ from tests.reliability.test_serve_process import Serve
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "var"
-    mount.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the data dir (needs root): {r.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "var", "64m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(path) -> int:
