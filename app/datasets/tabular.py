@@ -172,6 +172,41 @@ def _csv_columns(csv_path: Path, *, is_text: bool, label_column: str, text_colum
     return rows, names, label_at, text_at, split_at, features, keep
 
 
+def feature_fields(
+    *, names, features, numeric, missing, categories, n: int, limits: Limits
+) -> dict[str, Any]:
+    """A tabular manifest's feature fields from pass 1's column statistics over `n` rows,
+    with the one-hot encoded width, refused over `limits.max_encoded_width` (a 422 naming
+    the setting) before anything is written."""
+    kinds = {i: numeric[i] and missing[i] < n for i in features}
+    width = sum(
+        (1 + (missing[i] > 0))
+        if kinds[i]
+        else min(len(categories[i] or ()) or ONE_HOT_MAX, ONE_HOT_MAX)
+        for i in features
+    )
+    if width > limits.max_encoded_width:
+        n_cat = sum(1 for i in features if not kinds[i])
+        raise IngestError(
+            "too_wide",
+            f"the {len(features)} feature columns ({n_cat} categorical) one-hot encode to "
+            f"{width} columns, over the limit of {limits.max_encoded_width} "
+            "(FINETUNE_MAX_TABULAR_WIDTH); drop id-like or high-cardinality columns",
+        )
+    types = {names[i]: "numeric" if kinds[i] else "categorical" for i in features}
+    return {
+        "feature_columns": [names[i] for i in features],
+        "feature_types": types,
+        "missing_counts": {names[i]: missing[i] for i in features},
+        "encoded_width": width,
+        "categories": {
+            names[i]: sorted(categories[i]) if categories[i] is not None else None
+            for i in features
+            if types[names[i]] == "categorical"
+        },
+    }
+
+
 def ingest_csv(
     *,
     csv_path: Path,
@@ -253,23 +288,10 @@ def ingest_csv(
             splits[pool[j]] = "test"
     totals, per_split = split_summary(splits, labels, classes)
     check_trainable(per_split, need_train=need_train, generated=split_source == "generated")
-    encoded_width = 0
-    if not is_text:
-        kinds = {i: numeric[i] and missing[i] < len(labels) for i in features}
-        encoded_width = sum(
-            (1 + (missing[i] > 0))
-            if kinds[i]
-            else min(len(categories[i] or ()) or ONE_HOT_MAX, ONE_HOT_MAX)
-            for i in features
-        )
-        if encoded_width > limits.max_encoded_width:
-            n_cat = sum(1 for i in features if not kinds[i])
-            raise IngestError(
-                "too_wide",
-                f"the {len(features)} feature columns ({n_cat} categorical) one-hot encode to "
-                f"{encoded_width} columns, over the limit of {limits.max_encoded_width} "
-                "(FINETUNE_MAX_TABULAR_WIDTH); drop id-like or high-cardinality columns",
-            )
+    fields = {} if is_text else feature_fields(
+        names=names, features=features, numeric=numeric, missing=missing,
+        categories=categories, n=len(labels), limits=limits,
+    )  # fmt: skip
 
     columns = [names[i] for i in keep] + [SPLIT_COLUMN]
     with staging(dest_dir) as work:
@@ -306,19 +328,7 @@ def ingest_csv(
         }
         if is_text:
             manifest["text_column"] = text_column
-        else:
-            manifest["feature_columns"] = [names[i] for i in features]
-            manifest["feature_types"] = {
-                names[i]: "numeric" if numeric[i] and missing[i] < len(labels) else "categorical"
-                for i in features
-            }
-            manifest["missing_counts"] = {names[i]: missing[i] for i in features}
-            manifest["encoded_width"] = encoded_width
-            manifest["categories"] = {
-                names[i]: (sorted(categories[i]) if categories[i] is not None else None)  # type: ignore[arg-type]
-                for i in features
-                if manifest["feature_types"][names[i]] == "categorical"
-            }
+        manifest.update(fields)
         write_manifest(work, manifest)
     return manifest
 

@@ -48,6 +48,7 @@ from app.datasets.tabular import (
     _csv_columns,
     _is_number,
     _rows,
+    feature_fields,
 )
 
 MULTILABEL_TASKS = ("image_multilabel", "text_multilabel", "tabular_multilabel")
@@ -225,6 +226,11 @@ def ingest_csv_targets(
             splits[pool[j]] = "test"
     classes, counts, summary = targets.finish(splits)
 
+    # The encoded width is checked before anything is written (FINETUNE_MAX_TABULAR_WIDTH).
+    fields = {} if is_text else feature_fields(
+        names=names, features=features, numeric=numeric, missing=missing,
+        categories=categories, n=len(splits), limits=limits,
+    )  # fmt: skip
     columns = [names[i] for i in keep] + [SPLIT_COLUMN]
     with staging(dest_dir) as work:
         with open(work / DATA_NAME, "w", encoding="utf-8", newline="") as out:
@@ -258,18 +264,7 @@ def ingest_csv_targets(
         }
         if is_text:
             manifest["text_column"] = text_column
-        else:
-            manifest["feature_columns"] = [names[i] for i in features]
-            manifest["feature_types"] = {
-                names[i]: "numeric" if numeric[i] and missing[i] < len(splits) else "categorical"
-                for i in features
-            }
-            manifest["missing_counts"] = {names[i]: missing[i] for i in features}
-            manifest["categories"] = {
-                names[i]: (sorted(categories[i]) if categories[i] is not None else None)  # type: ignore[arg-type]
-                for i in features
-                if manifest["feature_types"][names[i]] == "categorical"
-            }
+        manifest.update(fields)
         write_manifest(work, manifest)
     return manifest
 

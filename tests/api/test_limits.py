@@ -9,12 +9,12 @@ import pytest
 from app.core.config import get_settings
 
 
-def _wide_csv(columns: int, values: int = 64, rows: int = 128) -> bytes:
+def _wide_csv(columns: int, values: int = 64, rows: int = 128, target=None) -> bytes:
     header = ",".join(f"c{j}" for j in range(columns)) + ",label"
     lines = [header]
     for i in range(rows):
         cells = [f"v{(i + j) % values}" for j in range(columns)]
-        lines.append(",".join(cells) + f",{'ab'[i % 2]}")
+        lines.append(",".join(cells) + f",{target(i) if target else 'ab'[i % 2]}")
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -24,18 +24,26 @@ def _limits(monkeypatch, **env: str) -> None:
     get_settings.cache_clear()
 
 
-def _upload(api, data: bytes):
+def _upload(api, data: bytes, task: str = "tabular_classification"):
     return api.post(
         "/v1/datasets",
         files={"file": ("w.csv", data, "text/csv")},
-        data={"task": "tabular_classification"},
+        data={"task": task},
     )
 
 
-def test_too_wide_at_upload(api, monkeypatch):
-    # 12 categorical columns of 64 values: 768 one-hot columns.
+TARGETS = {
+    "tabular_classification": None,
+    "tabular_regression": lambda i: f"{i * 0.5}",
+    "tabular_multilabel": lambda i: ["a", "b", "a|b"][i % 3],
+}
+
+
+@pytest.mark.parametrize("task", TARGETS)
+def test_too_wide_at_upload(api, monkeypatch, task):
+    # 12 categorical columns of 64 values: 768 one-hot columns, whatever the target.
     _limits(monkeypatch, FINETUNE_MAX_TABULAR_WIDTH="500")
-    r = _upload(api, _wide_csv(12))
+    r = _upload(api, _wide_csv(12, target=TARGETS[task]), task)
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["code"] == "too_wide" and "FINETUNE_MAX_TABULAR_WIDTH" in error["message"]
