@@ -172,6 +172,35 @@ def _csv_columns(csv_path: Path, *, is_text: bool, label_column: str, text_colum
     return rows, names, label_at, text_at, split_at, features, keep
 
 
+def write_normalised(
+    path: Path,
+    csv_path: Path,
+    *,
+    columns: list[str],
+    keep: list[int],
+    text_at: int | None,
+    missing,
+    splits: list[str],
+    nfc_at: int | None = None,
+) -> None:
+    """Pass 2 of a CSV ingest: the kept columns, row for row in the order pass 1
+    validated, cells stripped (not the text), missing markers emptied, column `nfc_at`
+    NFC-normalised, and each row's split last."""
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        rows = _rows(csv_path)
+        next(rows)
+        for n, (_, row) in enumerate(rows):
+            cells = []
+            for i in keep:
+                value = row[i] if i == text_at else row[i].strip()
+                if i == nfc_at:
+                    value = unicodedata.normalize("NFC", value)
+                cells.append("" if i in missing and value.lower() in MISSING else value)
+            writer.writerow([*cells, splits[n]])
+
+
 def feature_fields(
     *, names, features, numeric, missing, categories, n: int, limits: Limits
 ) -> dict[str, Any]:
@@ -296,19 +325,10 @@ def ingest_csv(
     columns = [names[i] for i in keep] + [SPLIT_COLUMN]
     with staging(dest_dir) as work:
         # Pass 2: write the normalised copy, row for row in the order pass 1 validated.
-        with open(work / DATA_NAME, "w", encoding="utf-8", newline="") as out:
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(columns)
-            rows = _rows(csv_path)
-            next(rows)
-            for n, (_, row) in enumerate(rows):
-                cells = []
-                for i in keep:
-                    value = row[i] if i == text_at else row[i].strip()
-                    if i == label_at:
-                        value = unicodedata.normalize("NFC", value)
-                    cells.append("" if i in missing and value.lower() in MISSING else value)
-                writer.writerow([*cells, splits[n]])
+        write_normalised(
+            work / DATA_NAME, csv_path, columns=columns, keep=keep, text_at=text_at,
+            missing=missing, splits=splits, nfc_at=label_at,
+        )  # fmt: skip
         manifest: dict[str, Any] = {
             "format_version": MANIFEST_VERSION,
             "task": task,

@@ -47,8 +47,8 @@ from app.datasets.tabular import (
     SPLIT_COLUMN,
     _csv_columns,
     _is_number,
-    _rows,
     feature_fields,
+    write_normalised,
 )
 
 MULTILABEL_TASKS = ("image_multilabel", "text_multilabel", "tabular_multilabel")
@@ -233,17 +233,10 @@ def ingest_csv_targets(
     )  # fmt: skip
     columns = [names[i] for i in keep] + [SPLIT_COLUMN]
     with staging(dest_dir) as work:
-        with open(work / DATA_NAME, "w", encoding="utf-8", newline="") as out:
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(columns)
-            rows = _rows(csv_path)
-            next(rows)
-            for n, (_, row) in enumerate(rows):
-                cells = []
-                for i in keep:
-                    value = row[i] if i == text_at else row[i].strip()
-                    cells.append("" if i in missing and value.lower() in MISSING else value)
-                writer.writerow([*cells, splits[n]])
+        write_normalised(
+            work / DATA_NAME, csv_path, columns=columns, keep=keep, text_at=text_at,
+            missing=missing, splits=splits,
+        )  # fmt: skip
         manifest: dict[str, Any] = {
             "format_version": MANIFEST_VERSION,
             "task": task,
