@@ -910,6 +910,9 @@ def run_service(client: httpx.Client, data: Data, rows: list[str], args) -> dict
                 - datetime.fromisoformat(job["created_at"])
             ).total_seconds()
         res["epochs_run"] = len(job.get("history") or [])
+        probe = next((h for h in job.get("history") or [] if h.get("stage") == "probe"), None)
+        if probe:  # what the exact probe chose (C, its grid), for the notes
+            res["probe"] = {k: probe.get(k) for k in ("C", "grid", "val_accuracy", "val_loss")}
         res["resolved_spec"] = job.get("spec")  # what the service chose for the defaults
         res["service_metrics"] = {
             k: v for k, v in (job.get("metrics") or {}).items() if isinstance(v, int | float)

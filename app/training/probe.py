@@ -17,9 +17,13 @@ standardising (StandardScaler + LR) lost 2 points of held-out accuracy (0.907 vs
 0.929, the same as scikit-learn's on raw features), as near-dead ReLU features get
 blown up to unit variance.
 
-`C` is chosen from a small grid on the validation split (by its log-loss), or by k-fold
-on train + val when validation is too small to tell strengths apart; the fits along the
-grid warm-start from the previous (stronger) one.
+`C` is chosen from a small grid by k-fold accuracy (ties to log-loss) on train + val while
+they are small (up to KFOLD_MAX_ROWS rows), else on the validation split. On a small
+upload one validation split is too noisy to tell strengths apart: on digits (400 rows,
+60 for validation) every C tied at 0.867 validation accuracy and the log-loss of those
+60 picked C = 0.1, 0.910 held out, where 4-fold on all 400 rows picks C = 1 to 100 over
+seeded splits, 0.909 to 0.928 (mean 0.920). The folds are solved together (`solve`'s
+masks) and the fits along the grid warm-start from the previous (stronger) one.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # the practitioner's LogisticRegressionCV grid
 MIN_VAL_FOR_HOLDOUT = 40  # smaller val splits: choose C by k-fold on train + val
+KFOLD_MAX_ROWS = 4000  # up to this many train + val rows: C by k-fold on them all
 FOLDS = 4
 GRID_ROWS = 2048  # C is chosen on at most this many train rows
 
@@ -96,29 +101,44 @@ def solve(
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_iter: int = 200,
     tol: float = 1e-4,
+    masks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(W, b, iterations) minimising the objective on *centred* features `x`.
 
+    `masks` (F, N) of 0/1 solves F problems at once, one per row of it, each on the rows
+    it keeps (the folds of a k-fold): W is then (F, K, D) and b (F, K). Their objectives
+    are independent, so the minimiser of their sum is each one's own minimiser; one
+    L-BFGS run over all of them pays Python's per-iteration cost once instead of F
+    times (on 400 x 1,280 digits features, 4 folds: the k-fold sweep in a third of the
+    time).
+
     The gradient is written out (softmax minus targets, one matmul each way) rather than
-    taken by autograd: half the time per evaluation. L-BFGS runs on W * s (a diagonal
+    taken by autograd: half the time per evaluation. L-BFGS runs on V = W * s (a diagonal
     preconditioner, see below), an exact change of variables: the penalty is still
     written in W. `tol` bounds the largest entry of that gradient.
     """
     dtype = x.dtype
-    lam = _lam(C, y, weight)
+    n, d = x.shape
+    single = masks is None
+    m = torch.ones(1, n, dtype=dtype) if single else masks.to(dtype)
+    folds = m.shape[0]
+    wq, sq, _ = _targets(y, num_classes, weight, label_smoothing, dtype)
+    per_row = weight.to(dtype)[y] if weight is not None else torch.ones(n, dtype=dtype)
+    norm = (m * per_row).sum(1)  # (F,): each problem's sum of sample weights
+    lam = 1.0 / (C * norm)  # (F,), as _lam names strengths
     # The Hessian's diagonal in W is about (softmax curvature) * var(x_j) + lam; scaling
     # each feature by its square root makes it about 1 for every feature, strong
     # penalty or weak, near-dead feature or not.
-    s = (0.25 * x.var(0) + lam).sqrt()
-    xs = x / s
-    wq, sq, norm = _targets(y, num_classes, weight, label_smoothing, dtype)
-    inv_s2 = (1.0 / s.pow(2)).unsqueeze(0)
+    s = (0.25 * x.var(0).unsqueeze(0) + lam.unsqueeze(1)).sqrt().unsqueeze(1)  # (F, 1, D)
+    lam3 = lam.view(folds, 1, 1)
+    mq = m.unsqueeze(2) / norm.view(folds, 1, 1)  # (F, N, 1): row weight / normaliser
     if init is not None:
-        v = (init[0].to(dtype) * s).clone()
-        b = init[1].to(dtype).clone()
+        w0 = init[0].to(dtype).reshape(folds, num_classes, d)
+        v = (w0 * s).clone()
+        b = init[1].to(dtype).reshape(folds, num_classes).clone()
     else:
-        v = torch.zeros(num_classes, x.shape[1], dtype=dtype)
-        b = torch.zeros(num_classes, dtype=dtype)
+        v = torch.zeros(folds, num_classes, d, dtype=dtype)
+        b = torch.zeros(folds, num_classes, dtype=dtype)
     v.requires_grad_(True)
     b.requires_grad_(True)
     opt = torch.optim.LBFGS(
@@ -134,17 +154,21 @@ def solve(
 
     @torch.no_grad()
     def closure() -> torch.Tensor:
-        logp = torch.log_softmax(torch.addmm(b, xs, v.T), dim=1)
-        data = -(wq * logp).sum() / norm
-        g = (sq.unsqueeze(1) * logp.exp() - wq) / norm  # d loss / d logits
-        penalty = v.pow(2) * inv_s2  # ||W||^2 with W = v / s
-        v.grad = g.T @ xs + lam * v * inv_s2
-        b.grad = g.sum(0)
-        return data + 0.5 * lam * penalty.sum()
+        w = v / s
+        # (N, F*K) in one matmul, then (F, N, K)
+        z = (x @ w.reshape(folds * num_classes, d).T).view(n, folds, num_classes)
+        logp = torch.log_softmax(z.transpose(0, 1) + b.unsqueeze(1), dim=2)
+        data = -(mq * wq * logp).sum()
+        g = mq * (sq.view(1, n, 1) * logp.exp() - wq)  # d loss / d logits, (F, N, K)
+        gw = (g.transpose(0, 1).reshape(n, folds * num_classes).T @ x).view(w.shape)
+        v.grad = gw / s + lam3 * w / s
+        b.grad = g.sum(1)
+        return data + 0.5 * (lam3 * w.pow(2)).sum()
 
     opt.step(closure)
     iterations = int(opt.state[v].get("n_iter", 0))
-    return (v / s).detach(), b.detach(), iterations
+    w, b = (v / s).detach(), b.detach()
+    return (w[0], b[0], iterations) if single else (w, b, iterations)
 
 
 def _evaluate(
@@ -168,30 +192,36 @@ def _folds(y: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
 
 def _sweep(
     grid: tuple[float, ...],
-    fits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    y: torch.Tensor,
     kw: dict,
+    *,
+    held: tuple[torch.Tensor, torch.Tensor] | None = None,
+    masks: torch.Tensor | None = None,
 ) -> list[dict]:
-    """Score each C (strong -> weak, warm-started) summed over `fits`, a list of
-    (train x, train y, score x, score y) with x already centred on its train part. Stops
-    once two strengths in a row did no better: weaker ones only overfit more."""
+    """Score each C (strong -> weak, warm-started): fitted on centred `x` and scored on
+    `held` (x, y) alike centred, or, with `masks` (F, N), fitted on each fold's kept rows
+    at once and scored on the rows it left out. Stops once two strengths in a row did no
+    better: weaker ones only overfit more."""
     scores: list[dict] = []
-    inits: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(fits)
+    init: tuple[torch.Tensor, torch.Tensor] | None = None
     worse = 0
     for C in grid:
-        correct = loss_sum = 0.0
-        count = 0
-        for i, (fx, fy, sx, sy) in enumerate(fits):
-            w, b, _ = solve(fx, fy, C=C, init=inits[i], **kw)
-            inits[i] = (w, b)
-            acc, loss = _evaluate(sx, sy, w, b)
-            correct, loss_sum, count = (
-                correct + acc * len(sy),
-                loss_sum + loss * len(sy),
-                count + len(sy),
-            )
-        entry = {"C": C, "val_accuracy": correct / count, "val_loss": loss_sum / count}
-        if len(fits) == 1:
-            entry["init"] = inits[0]  # the final fit warm-starts from it
+        w, b, _ = solve(x, y, C=C, init=init, masks=masks, **kw)
+        init = (w, b)
+        if masks is None:
+            assert held is not None
+            acc, loss = _evaluate(held[0], held[1], w, b)
+        else:
+            out = ~masks.bool()  # (F, N): the rows each fold scores
+            logits = torch.einsum("nd,fkd->fnk", x, w) + b.unsqueeze(1)
+            pick = logits[out]  # every row once, by the one fold that left it out
+            target = y.unsqueeze(0).expand_as(out)[out]
+            acc = float((pick.argmax(1) == target).double().mean())
+            loss = float(F.cross_entropy(pick, target))
+        entry = {"C": C, "val_accuracy": acc, "val_loss": loss}
+        if masks is None:
+            entry["init"] = init  # the final fit warm-starts from it
         better = not scores or _rank(entry) > max(_rank(s) for s in scores)
         worse = 0 if better else worse + 1
         scores.append(entry)
@@ -201,9 +231,12 @@ def _sweep(
 
 
 def _rank(entry: dict) -> tuple[float, float]:
-    # By held-out log-loss, ties to accuracy: on a small split accuracy moves in steps of
-    # one sample and often ties across strengths, the loss does not.
-    return (-entry["val_loss"], entry["val_accuracy"])
+    # By held-out accuracy (the job's score, and what LogisticRegressionCV scores by),
+    # ties to log-loss. Over k folds of every row accuracy rarely ties; where it does
+    # (one small validation split) the loss decides. Measured on 8 seeded splits of
+    # digits and WordNet glosses (bench features): the same mean on digits (0.920 vs
+    # 0.920), +0.004 on WordNet (0.766 vs 0.762) over choosing by log-loss.
+    return (entry["val_accuracy"], -entry["val_loss"])
 
 
 def _scale(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,7 +259,8 @@ def fit_probe(
     seed: int = 0,
     standardize: bool = False,
 ) -> Probe:
-    """The probe fitted on train, with C chosen on val (or by k-fold when val is tiny)."""
+    """The probe fitted on train, with C chosen by k-fold on train + val while they are
+    small or val is tiny, else on val."""
     t0 = time.perf_counter()
     dtype = torch.float64 if train_x.dtype == torch.float64 else torch.float32
     tx, vx = train_x.detach().to("cpu", dtype), val_x.detach().to("cpu", dtype)
@@ -244,16 +278,17 @@ def fit_probe(
         txc, vxc = (tx - mu) / sd, (vx - mu) / sd
         if len(grid) == 1:
             scores = [{"C": grid[0], "val_accuracy": None, "val_loss": None}]
-        elif len(vy) >= MIN_VAL_FOR_HOLDOUT:
+        elif len(vy) >= MIN_VAL_FOR_HOLDOUT and len(ty) + len(vy) > KFOLD_MAX_ROWS:
             # A large train split: C is chosen on a stratified part of it (C scales with
             # the sample count as the problem does); the final fit uses every row.
             gx, gy = txc, ty
             if len(ty) > GRID_ROWS:
                 part = _folds(ty, math.ceil(len(ty) / GRID_ROWS), seed)[0]
                 gx, gy = txc[part], ty[part]
-            scores = _sweep(grid, [(gx, gy, vxc, vy)], kw)
+            scores = _sweep(grid, gx, gy, kw, held=(vxc, vy))
         else:
-            # Too few validation samples to tell strengths apart: k-fold on train + val.
+            # Few rows: k-fold on train + val tells strengths apart where one small
+            # validation split cannot.
             # (Scaled on train + val: a feature dead in train but alive in val must not be
             # blown up by train's near-zero spread.)
             ax, ay = torch.cat([tx, vx]), torch.cat([ty, vy])
@@ -262,13 +297,10 @@ def fit_probe(
                 asd = torch.ones_like(asd)
             ax = (ax - amu) / asd
             k = max(2, min(FOLDS, int(torch.bincount(ay).min())))
-            fits = []
-            for held in _folds(ay, k, seed):
-                keep = torch.ones(len(ay), dtype=torch.bool)
-                keep[held] = False
-                fmu = ax[keep].mean(0)
-                fits.append((ax[keep] - fmu, ay[keep], ax[held] - fmu, ay[held]))
-            scores = _sweep(grid, fits, kw)
+            masks = torch.ones(k, len(ay), dtype=torch.bool)
+            for i, part in enumerate(_folds(ay, k, seed)):
+                masks[i, part] = False
+            scores = _sweep(grid, ax, ay, kw, masks=masks)
         best = scores[0] if len(scores) == 1 else max(scores, key=_rank)
         w, b, iters = solve(txc, ty, C=best["C"], init=best.get("init"), **kw)
         scores = [{k: v for k, v in s.items() if k != "init"} for s in scores]

@@ -71,19 +71,34 @@ def test_the_written_out_gradient_is_the_loop_losses_gradient():
     )
 
 
-def test_C_is_chosen_on_validation_and_beats_a_bad_fixed_C():
+def test_C_is_chosen_on_validation_and_beats_a_bad_fixed_C(monkeypatch):
+    monkeypatch.setattr(probe, "KFOLD_MAX_ROWS", 500)  # 600 rows: the validation split
     x, y = _blobs(600, 40, 5, seed=2, spread=4.0)
     tx, ty, vx, vy = x[:400], y[:400], x[400:], y[400:]
     fit = probe.fit_probe(tx, ty, vx, vy, num_classes=5)
     assert fit.C in probe.C_GRID
-    tried = {s["C"]: s["val_loss"] for s in fit.grid}
-    assert len(tried) >= 3 and fit.C == min(tried, key=tried.get)
+    tried = {s["C"]: (s["val_accuracy"], -s["val_loss"]) for s in fit.grid}
+    assert len(tried) >= 3 and fit.C == max(tried, key=tried.get)
     weak = probe.fit_probe(tx, ty, vx, vy, num_classes=5, grid=(probe.C_GRID[0],))
-    assert fit.val_loss <= weak.val_loss
+    assert (fit.val_accuracy, -fit.val_loss) >= (weak.val_accuracy, -weak.val_loss)
     # The returned head is in the original feature space.
     logits = vx @ fit.weight.T + fit.bias
     acc = float((logits.argmax(1) == vy).double().mean())
     assert acc == pytest.approx(fit.val_accuracy)
+
+
+def test_a_small_upload_chooses_C_by_k_fold_on_all_of_train_and_val():
+    # 200 validation rows would do for a holdout, but 600 rows in all are few enough
+    # that k-fold over all of them is cheap and far less noisy.
+    x, y = _blobs(600, 40, 5, seed=2, spread=4.0)
+    fit = probe.fit_probe(x[:400], y[:400], x[400:], y[400:], num_classes=5)
+    assert len(fit.grid) >= 3
+    assert all(
+        s["val_accuracy"] * 600 == pytest.approx(round(s["val_accuracy"] * 600)) for s in fit.grid
+    )
+    assert any(  # not a multiple of 1/200: the scores are not the validation split's
+        s["val_accuracy"] * 200 != pytest.approx(round(s["val_accuracy"] * 200)) for s in fit.grid
+    )
 
 
 def test_a_tiny_validation_split_chooses_C_by_k_fold():
