@@ -303,33 +303,51 @@ def train(
         lr = best["learning_rate"] or config.learning_rate  # None: the probe won
         options = replace(options, probe=True)  # the final run starts from the probe too
 
-    plans = plan_schedule(
-        strategy=strategy,
-        num_blocks=blocks,
-        epochs=epochs,
-        learning_rate=lr,
-        trainable_blocks=trainable_blocks,
-        unfreeze_every=config.unfreeze_every,
-        lr_decay=config.lr_decay,
-    )
-    model = make_model()
-    result = fit(
-        model=model,
-        plans=plans,
-        data=data,
-        options=replace(
-            options, train_bn=default_train_bn(strategy=strategy, pretrained=has_weights)
-        ),
-        work_dir=work_dir,
-        fingerprint={
-            "config": asdict(config),
-            "strategy": strategy,
-            "init_state": init_state is not None,
-        },
-        on_epoch=on_epoch,
-        should_stop=should_stop,
-        feature_store=store,
-    )
+    if leaderboard is not None and best.get("stage") != "probe":
+        # A fine-tuned candidate won: its own run, where the search left it, is the model.
+        model, result = auto.finish(
+            entry=best,
+            make_model=make_model,
+            pretrained=has_weights,
+            data=data,
+            options=options,
+            num_blocks=blocks,
+            learning_rate=config.learning_rate,
+            lr_decay=config.lr_decay,
+            work_dir=work_dir / "auto",
+            feature_store=store,
+            on_epoch=on_epoch,
+            should_stop=should_stop,
+        )
+        epochs = best["epochs"]
+    else:
+        plans = plan_schedule(
+            strategy=strategy,
+            num_blocks=blocks,
+            epochs=epochs,
+            learning_rate=lr,
+            trainable_blocks=trainable_blocks,
+            unfreeze_every=config.unfreeze_every,
+            lr_decay=config.lr_decay,
+        )
+        model = make_model()
+        result = fit(
+            model=model,
+            plans=plans,
+            data=data,
+            options=replace(
+                options, train_bn=default_train_bn(strategy=strategy, pretrained=has_weights)
+            ),
+            work_dir=work_dir,
+            fingerprint={
+                "config": asdict(config),
+                "strategy": strategy,
+                "init_state": init_state is not None,
+            },
+            on_epoch=on_epoch,
+            should_stop=should_stop,
+            feature_store=store,
+        )
 
     artifact_dir = save_artifact(
         work_dir / "model",

@@ -29,10 +29,9 @@ from pathlib import Path
 from app.training import checkpoint as ckpt
 from app.training.build import TransferModel
 from app.training.data import ImageData
-from app.training.errors import Cancelled
 from app.training.feature_store import FeatureStore
 from app.training.freeze import default_train_bn
-from app.training.loop import LoopOptions, fit
+from app.training.loop import FitResult, LoopOptions, fit
 from app.training.schedule import plan_schedule
 
 ETA = 2  # successive halving keeps 1/ETA of the candidates per rung
@@ -65,6 +64,32 @@ def _rank(entry: dict) -> tuple[float, float, int]:
     return (-entry["val_score"], entry["val_loss"], entry["trainable_params"])
 
 
+def _plans(cand: dict, *, num_blocks: int, epochs: int, learning_rate: float, lr_decay: float):
+    return plan_schedule(
+        strategy=cand["strategy"],
+        num_blocks=num_blocks,
+        epochs=epochs,
+        learning_rate=cand["learning_rate"] or learning_rate,
+        trainable_blocks=cand["trainable_blocks"],
+        unfreeze_every=1,
+        lr_decay=lr_decay,
+    )
+
+
+def _options(options: LoopOptions, cand: dict, pretrained: bool) -> LoopOptions:
+    """A candidate's loop options: no early stopping (the rungs decide), from the probe."""
+    return replace(
+        options,
+        early_stopping_patience=None,
+        probe=True,
+        train_bn=default_train_bn(strategy=cand["strategy"], pretrained=pretrained),
+    )
+
+
+def _candidate(entry: dict) -> dict:
+    return {k: entry[k] for k in ("strategy", "trainable_blocks", "learning_rate")}
+
+
 def _write(path: Path, entry: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(entry))
@@ -91,45 +116,30 @@ def search(
     val_score (the task's: accuracy, mAP, R²), val_loss, seconds, trainable_params,
     epochs, rung}; the probe's entry has `"stage": "probe"` and no learning rate."""
     work_dir = Path(work_dir)
-    options = replace(options, early_stopping_patience=None, probe=True)
     spent = 0.0
 
     def run(cand: dict, cand_dir: Path, epochs: int, upto: int, tag: dict) -> dict:
         """Train `cand` (planned for `epochs`) up to epoch `upto`, resuming its folder."""
-        plans = plan_schedule(
-            strategy=cand["strategy"],
+        plans = _plans(
+            cand,
             num_blocks=num_blocks,
             epochs=epochs,
-            learning_rate=cand["learning_rate"] or learning_rate,
-            trainable_blocks=cand["trainable_blocks"],
-            unfreeze_every=1,
+            learning_rate=learning_rate,
             lr_decay=lr_decay,
         )
-        reports: list[dict] = []
-
-        def seen(r: dict) -> None:
-            reports.append(r)
-            on_epoch({**r, "phase": "search", **tag})
-
-        try:
-            fit(
-                model=make_model(),
-                plans=plans,
-                data=data,
-                options=replace(
-                    options,
-                    train_bn=default_train_bn(strategy=cand["strategy"], pretrained=pretrained),
-                ),
-                work_dir=cand_dir,
-                fingerprint={"candidate": cand, "epochs": epochs},
-                evaluate_test=False,
-                on_epoch=seen,
-                should_stop=lambda: should_stop() or any(r["epoch"] >= upto for r in reports),
-                feature_store=feature_store,
-            )
-        except Cancelled:
-            if should_stop():
-                raise  # the job's own stop, not the end of the rung
+        fit(
+            model=make_model(),
+            plans=plans,
+            data=data,
+            options=_options(options, cand, pretrained),
+            work_dir=cand_dir,
+            fingerprint={"candidate": cand, "epochs": epochs},
+            evaluate_test=False,
+            on_epoch=lambda r: on_epoch({**r, "phase": "search", **tag}),
+            should_stop=should_stop,
+            feature_store=feature_store,
+            stop_after=upto,
+        )
         # The candidate's whole run so far (a resumed one reported only its new epochs).
         state = ckpt.load_checkpoint(cand_dir / ckpt.CHECKPOINT_NAME)
         assert state is not None
@@ -200,6 +210,8 @@ def search(
                 best = out["best"]  # the best epoch so far, the probe (0) included
                 entry = {
                     **cands[i],
+                    "candidate": i,
+                    "planned_epochs": max_epochs,
                     "val_score": best["val_score"],
                     "val_loss": best["val_loss"],
                     "best_epoch": best["epoch"],
@@ -226,3 +238,46 @@ def search(
     entries = [probe, *(e for e in board.values() if e is not None)]
     entries.sort(key=_rank)
     return entries
+
+
+def finish(
+    *,
+    entry: dict,
+    make_model: Callable[[], TransferModel],
+    pretrained: bool,
+    data: ImageData,
+    options: LoopOptions,
+    num_blocks: int,
+    learning_rate: float,
+    lr_decay: float,
+    work_dir: Path,
+    feature_store: FeatureStore | None = None,
+    on_epoch: Callable[[dict], None] = lambda r: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[TransferModel, FitResult]:
+    """The winning candidate (a leaderboard entry that is not the probe) as the job's
+    model: its own run resumed from its checkpoint where the search left it, its best
+    epoch's weights loaded, then evaluated on the test split. Nothing is trained again
+    from scratch; the search's epochs are the model's."""
+    cand = _candidate(entry)
+    epochs = entry["planned_epochs"]
+    model = make_model()
+    result = fit(
+        model=model,
+        plans=_plans(
+            cand,
+            num_blocks=num_blocks,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            lr_decay=lr_decay,
+        ),
+        data=data,
+        options=_options(options, cand, pretrained),
+        work_dir=Path(work_dir) / f"candidate-{entry['candidate']}",
+        fingerprint={"candidate": cand, "epochs": epochs},
+        on_epoch=lambda r: on_epoch({**r, "phase": "final", "candidate": entry["candidate"]}),
+        should_stop=should_stop,
+        feature_store=feature_store,
+        stop_after=entry["epochs"],
+    )
+    return model, result

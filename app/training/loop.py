@@ -224,8 +224,12 @@ def fit(
     on_epoch: Callable[[dict], None] = lambda r: None,
     should_stop: Callable[[], bool] = lambda: False,
     feature_store: FeatureStore | None = None,
+    stop_after: int | None = None,
 ) -> FitResult:
     """Train `model` in place along `plans`; the best epoch's weights end up in it.
+
+    `stop_after`: train no further than this epoch of the plans in this call (an `auto`
+    winner is evaluated where the search left it, its plans as they were).
 
     `feature_store`: where frozen features of this data are kept between jobs."""
     o = options
@@ -262,7 +266,10 @@ def fit(
 
     # ---- frozen-feature cache (features.py), else raw images through the whole model
     level = -1 if (o.augment and image) else frozen_level(plans, num_blocks)
-    splits = [data.train, data.val] + ([data.test] if evaluate_test else [])
+    # Test inputs go through the frozen pass even when this run is not evaluated on them
+    # (an `auto` candidate): frozen features leak nothing, and the winner's final run
+    # then reads all three splits from the store instead of running the pass again.
+    splits = [data.train, data.val, data.test]
     feature_runtime: dict = {}  # which runtime ran the frozen pass (runtime.py)
     names = ["train", "val", "test"]
 
@@ -489,7 +496,8 @@ def fit(
     # threads: the hand-offs cost more than the math (most of all on a shared CPU).
     single = level == model.pooled_level and not cuda
     with _threads(1) if single else contextlib.nullcontext():
-        for epoch in range(start, 0 if stopped or probe_only else len(plans)):
+        last = len(plans) if stop_after is None else min(len(plans), stop_after)
+        for epoch in range(start, 0 if stopped or probe_only else last):
             t0 = time.perf_counter()
             plan = plans[epoch]
             apply_plan(model, plan)
