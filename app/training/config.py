@@ -132,15 +132,11 @@ def choices(annotation: Any) -> tuple | None:
     return None
 
 
-def _base_type(annotation: Any) -> tuple[type, ...]:
-    """The Python types a field's value may have (int counts as a float), None aside."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        return tuple(t for a in get_args(annotation) for t in _base_type(a))
-    if get_origin(annotation) is Literal:
-        return tuple({type(v) for v in get_args(annotation)})
-    if annotation is float:
-        return (int, float)
-    return (annotation,)
+def _value_types(annotation: Any) -> tuple[type, ...]:
+    """The Python types a plain (not a choice) field's value may have, None aside; an
+    int is a float too."""
+    (kind,) = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+    return (int, float) if kind is float else (kind,)
 
 
 def nullable(annotation: Any) -> bool:
@@ -168,7 +164,7 @@ def validate_config(config: TrainConfig) -> None:
                 listed = ", ".join("null" if a is None else str(a) for a in allowed)
                 raise InvalidConfig(f"{f.name} must be one of {listed}", field=f.name)
             continue
-        types_ = tuple(t for t in _base_type(f.type) if t is not type(None))
+        types_ = _value_types(f.type)
         if not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_):
             need = " or ".join(t.__name__ for t in types_)
             raise InvalidConfig(f"{f.name} must be {need}, not {value!r}", field=f.name)
