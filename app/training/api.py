@@ -139,6 +139,7 @@ def train(
     requested = resolve_strategy(
         config.strategy, base_model=config.base_model, has_weights=has_weights
     )
+    # refused before decoding any image
     blocks = check_trainable_blocks(config.trainable_blocks, base_model=config.base_model)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
