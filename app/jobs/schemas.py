@@ -1,72 +1,62 @@
+"""The jobs API's shapes. JobSpec, the job contract, is derived from the engine's
+TrainConfig (app/training/config.py), so what the API accepts is what the engine runs."""
+
+import dataclasses
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from app.core.schemas import NoNul
+from app.training.config import TrainConfig
 
-Strategy = Literal["full", "partial", "layerwise", "progressive", "auto"]
+# Every TrainConfig field is a JobSpec field, derived from the engine's declaration
+# (app/training/config.py: type, choices, bounds, default, description), but these:
+# the engine options the API does not take (each with why; none today)...
+ENGINE_ONLY: dict[str, str] = {}
+# ...and the fields declared here instead, each with why.
+EDGE_FIELDS = {
+    "dataset_id": "the engine is given the dataset's directory, not its id",
+    "base_model": "a reference (a built-in name, model:<id> or upload:<id>, "
+    "app.registry.base_models.parse_ref) that the worker resolves to the engine's "
+    "architecture (TrainConfig.base_model)",
+}
 
 
-class JobSpec(BaseModel):
-    """What to fine-tune and how. Unknown fields are refused so a typo is not ignored."""
-
+class _JobSpecEdge(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: Annotated[str, NoNul] = Field(min_length=1, max_length=64)
     base_model: Annotated[str, NoNul] = Field(
-        min_length=1, max_length=200, description="a name from GET /v1/base-models, or model:<id>"
-    )
-    pretrained: bool = True
-    strategy: Strategy | None = Field(
-        None,
-        description="null: chosen from the base model (partial, i.e. the exact linear probe, "
-        "for pretrained weights; full for random ones); the chosen one is stored",
-    )
-    trainable_blocks: int = Field(0, ge=0, le=64)
-    unfreeze_every: int = Field(1, ge=1, le=1000)
-    epochs: int | None = Field(
-        None, ge=1, le=1000, description="null: chosen from the dataset size (a floor of steps)"
-    )
-    learning_rate: float = Field(1e-3, gt=0, le=10)
-    batch_size: int = Field(32, ge=1, le=4096)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    weight_decay: float = Field(1e-4, ge=0, le=1)
-    scheduler: Literal["cosine", "step", "none"] = "cosine"
-    val_fraction: float = Field(0.15, gt=0, lt=0.9)
-    early_stopping_patience: int | None = Field(5, ge=1, le=1000)
-    image_size: int = Field(224, ge=16, le=1024)
-    augment: bool = False
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    class_weights: Literal["auto"] | None = None
-    lr_decay: float = Field(0.5, gt=0, le=1, description="per-block rate factor (progressive)")
-    auto_budget_epochs: int = Field(12, ge=1, le=1000, description="search budget (auto)")
-    auto_budget_seconds: float | None = Field(
-        None, gt=0, le=7 * 24 * 3600, description="search budget in seconds (auto)"
-    )
-    refit: bool = Field(
-        True,
-        description="a head-only job: once validation chose the L2 strength, refit the head "
-        "on train + validation (validation metrics stay those of the head it chose)",
-    )
-    probe: bool = Field(
-        True,
-        description="fit the head exactly first (L-BFGS logistic regression on the frozen "
-        "features): the whole job when only the head trains, the start of any fine-tune",
-    )
-    max_length: int = Field(
-        128, ge=8, le=512, description="text: tokens per input; longer texts are truncated"
-    )
-    loss: Literal["mse", "huber"] | None = Field(
-        None, description="regression: mean squared error (null, the default) or Huber"
+        min_length=1,
+        max_length=200,
+        description="a name from GET /v1/base-models, model:<id> or upload:<id>",
     )
 
     @field_validator("base_model")
     @classmethod
     def _strip(cls, v: str) -> str:
         return v.strip()
+
+
+def _engine_fields() -> dict[str, Any]:
+    """TrainConfig's fields as pydantic ones: same type, default, bounds and meaning."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ENGINE_ONLY or f.name in EDGE_FIELDS:
+            continue
+        doc = f.metadata["doc"] or None
+        out[f.name] = (f.type, Field(f.default, description=doc, **f.metadata["bounds"]))
+    return out
+
+
+JobSpec = create_model(
+    "JobSpec",
+    __base__=_JobSpecEdge,
+    __module__=__name__,
+    __doc__="What to fine-tune and how. Unknown fields are refused so a typo is not ignored.",
+    **_engine_fields(),
+)
 
 
 class Progress(BaseModel):

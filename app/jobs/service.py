@@ -123,6 +123,9 @@ def _with_strategy(spec: JobSpec, base: dict) -> JobSpec:
         )
     except EngineError as exc:
         raise Invalid(exc.message, code=exc.code, field=exc.field or "strategy") from exc
+    # The engine's one check of the config against the model, before the job is queued
+    # (an InvalidConfig naming trainable_blocks: a 422).
+    training.check_trainable_blocks(spec.trainable_blocks, base_model=architecture)
     return spec.model_copy(update={"strategy": strategy})
 
 

@@ -3,6 +3,8 @@
 Entry points:
 - api.train(config=TrainConfig(...), dataset_dir=..., work_dir=..., cache_dir=...)
   (images, text or tabular: the dataset's task picks the loader; the loop is one)
+- config.TrainConfig: the job contract, every option declared once (the API's JobSpec
+  is derived from it)
 - build.list_base_models(), build.check_available(name, pretrained), build.fetch_weights
 - inference.load_predictor(artifact_dir) (any task), inference.Predictor.load (images),
   inference.decode_image(data)
@@ -10,6 +12,6 @@ Entry points:
 - errors: EngineError subclasses carry `code`, `message` and, where known, `field`.
 
 Reading order: presets -> data -> csvdata -> text, tabular -> build (+ efficientnet_lite)
--> schedule -> freeze -> optim -> features -> checkpoint -> loop -> auto -> evaluate ->
-api -> inference -> uploads.
+-> schedule -> freeze -> optim -> features -> checkpoint -> loop -> config -> auto ->
+evaluate -> api -> inference -> uploads.
 """

@@ -29,13 +29,13 @@ from app.training.build import (
     get_base_model,
     num_blocks,
 )
+from app.training.config import TrainConfig, validate_config
 from app.training.data import load_dataset
 from app.training.errors import DatasetError, InvalidConfig
 from app.training.feature_store import FeatureStore
 from app.training.freeze import default_train_bn
-from app.training.loop import LoopOptions, fit, resolve_device
-from app.training.optim import OPTIMIZERS, SCHEDULERS
-from app.training.schedule import STRATEGIES, plan_schedule
+from app.training.loop import LoopOptions, fit
+from app.training.schedule import plan_schedule
 from app.training.tasks import Kind, Modality, Task, get_task
 
 ARTIFACT_FORMAT = 1
@@ -73,41 +73,24 @@ def resolve_strategy(strategy: str | None, *, base_model: str, has_weights: bool
     return strategy
 
 
+def check_trainable_blocks(trainable_blocks: int, *, base_model: str) -> int:
+    """The model's block count; more trainable units than it has (its blocks + the stem)
+    are refused (the API asks this before it queues the job)."""
+    blocks = num_blocks(base_model)
+    if trainable_blocks > blocks + 1:
+        raise InvalidConfig(
+            f"trainable_blocks must be at most {blocks + 1} for {base_model} "
+            f"({blocks} blocks + stem)",
+            field="trainable_blocks",
+        )
+    return blocks
+
+
 def default_epochs(*, train_size: int, batch_size: int, has_weights: bool) -> int:
     """Epochs for at least DEFAULT_EPOCHS and the step floor (see above)."""
     steps_per_epoch = max(1, math.ceil(train_size / batch_size))
     floor = MIN_STEPS_PRETRAINED if has_weights else MIN_STEPS_SCRATCH
     return min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(floor / steps_per_epoch)))
-
-
-@dataclass
-class TrainConfig:
-    base_model: str = "efficientnet_lite0"
-    pretrained: bool = True
-    strategy: str | None = None  # None: chosen from the base model (resolve_strategy)
-    trainable_blocks: int = 0
-    unfreeze_every: int = 1
-    epochs: int | None = None  # None: chosen from the dataset size (default_epochs)
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    scheduler: str = "cosine"
-    val_fraction: float = 0.15
-    early_stopping_patience: int | None = 5
-    image_size: int = 224
-    augment: bool = False
-    seed: int = 0
-    device: str = "auto"
-    label_smoothing: float = 0.0
-    class_weights: str | None = None
-    lr_decay: float = 0.5
-    auto_budget_epochs: int = 12
-    auto_budget_seconds: float | None = None
-    probe: bool = True  # start from the exact linear probe (the whole job when head-only)
-    refit: bool = True  # a probe-only job refits its head on train + val with the chosen C
-    max_length: int = text.DEFAULT_MAX_LENGTH  # text: tokens per input (longer is truncated)
-    loss: str | None = None  # regression: null (MSE) or "huber"
 
 
 @dataclass
@@ -121,47 +104,6 @@ class TrainResult:
     val_metrics: dict
     strategy: str = ""  # the strategy that ran (resolved from null, or auto's choice)
     epochs: int = 0  # the epochs it was planned for (resolved from null)
-
-
-def validate_config(config: TrainConfig) -> None:
-    """Raise InvalidConfig naming the field for values no job could run with."""
-    checks = [
-        (
-            config.strategy in (*STRATEGIES, "auto", None),
-            "strategy",
-            f"null or one of {', '.join((*STRATEGIES, 'auto'))}",
-        ),
-        (config.epochs is None or config.epochs >= 1, "epochs", "null or at least 1"),
-        (config.learning_rate > 0, "learning_rate", "positive"),
-        (config.batch_size >= 1, "batch_size", "at least 1"),
-        (config.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
-        (config.weight_decay >= 0, "weight_decay", "non-negative"),
-        (config.scheduler in SCHEDULERS, "scheduler", f"one of {', '.join(SCHEDULERS)}"),
-        (0 < config.val_fraction < 1, "val_fraction", "between 0 and 1"),
-        (
-            config.early_stopping_patience is None or config.early_stopping_patience >= 1,
-            "early_stopping_patience",
-            "null or at least 1",
-        ),
-        (16 <= config.image_size <= 1024, "image_size", "between 16 and 1024"),
-        (config.trainable_blocks >= 0, "trainable_blocks", "non-negative"),
-        (config.unfreeze_every >= 1, "unfreeze_every", "at least 1"),
-        (0 <= config.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
-        (config.class_weights in (None, "auto"), "class_weights", "null or 'auto'"),
-        (0 < config.lr_decay <= 1, "lr_decay", "in (0, 1]"),
-        (config.auto_budget_epochs >= 1, "auto_budget_epochs", "at least 1"),
-        (
-            config.auto_budget_seconds is None or config.auto_budget_seconds > 0,
-            "auto_budget_seconds",
-            "null or positive",
-        ),
-        (8 <= config.max_length <= text.POSITIONS, "max_length", f"in [8, {text.POSITIONS}]"),
-        (config.loss in LOSSES, "loss", "null, 'mse' or 'huber' (regression only)"),
-    ]
-    for ok, field, need in checks:
-        if not ok:
-            raise InvalidConfig(f"{field} must be {need}", field=field)
-    resolve_device(config.device)
 
 
 def train(
@@ -197,13 +139,8 @@ def train(
     requested = resolve_strategy(
         config.strategy, base_model=config.base_model, has_weights=has_weights
     )
-    blocks = num_blocks(config.base_model)
-    if config.trainable_blocks > blocks + 1:  # refuse before decoding any image
-        raise InvalidConfig(
-            f"trainable_blocks must be at most {blocks + 1} for {config.base_model} "
-            f"({blocks} blocks + stem)",
-            field="trainable_blocks",
-        )
+    # refused before decoding any image
+    blocks = check_trainable_blocks(config.trainable_blocks, base_model=config.base_model)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     task = _dataset_task(dataset_dir)
@@ -430,9 +367,6 @@ def load_artifact(artifact_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     artifact_dir = Path(artifact_dir)
     config = json.loads((artifact_dir / "config.json").read_text())
     return config, load_file(artifact_dir / "model.safetensors")
-
-
-LOSSES = (None, "mse", "huber")
 
 
 def _load_image(dataset_dir: Path, *, config: TrainConfig, cache_dir: Path, init_config, task):

@@ -86,23 +86,15 @@ def plan_schedule(
       layer-wise decay).
     """
     units = num_blocks + 1
-    if strategy not in STRATEGIES:
-        raise InvalidConfig(
-            f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)} or auto",
-            field="strategy",
-        )
-    if epochs < 1:
-        raise InvalidConfig("epochs must be at least 1", field="epochs")
+    # The config's own bounds were checked at the edge (config.py); what is left needs
+    # the model.
+    assert strategy in STRATEGIES and epochs >= 1 and unfreeze_every >= 1, strategy
     if not 0 <= trainable_blocks <= units:
         raise InvalidConfig(
             f"trainable_blocks must be between 0 and {units} for this "
             f"model ({num_blocks} blocks + stem)",
             field="trainable_blocks",
         )
-    if unfreeze_every < 1:
-        raise InvalidConfig("unfreeze_every must be at least 1", field="unfreeze_every")
-    if not 0.0 < lr_decay <= 1.0:
-        raise InvalidConfig("lr_decay must be in (0, 1]", field="lr_decay")
 
     names = group_names(num_blocks)
     stages = math.ceil(epochs / unfreeze_every)
