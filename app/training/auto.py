@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from app.training import atomic
 from app.training import checkpoint as ckpt
 from app.training.build import TransferModel
 from app.training.data import ImageData
@@ -66,9 +66,7 @@ def _rank(entry: dict) -> tuple[float, float, int]:
 
 
 def _write(path: Path, entry: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entry))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(entry))
 
 
 def search(

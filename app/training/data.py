@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from app.training import atomic
 from app.training.errors import DatasetError
 from app.training.presets import pil_to_uint8
 from app.training.tasks import Kind, encode_targets, get_task, stratify_classes
@@ -111,12 +110,10 @@ def _cached_images(
     if path.is_file():
         return load_file(path)["images"]
     images = _decode_all(dataset_dir, samples, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Concurrent jobs on the same dataset may race here; both write whole files and the
     # rename is atomic, so a reader never sees a partial cache.
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    save_file({"images": images}, tmp)
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        save_file({"images": images}, tmp)
     return images
 
 
