@@ -28,7 +28,7 @@ from pathlib import Path
 from app.training import atomic
 from app.training import checkpoint as ckpt
 from app.training.build import TransferModel
-from app.training.data import ImageData
+from app.training.data import TrainData
 from app.training.errors import Cancelled
 from app.training.feature_store import FeatureStore
 from app.training.freeze import default_train_bn
@@ -73,7 +73,7 @@ def search(
     *,
     make_model: Callable[[], TransferModel],
     pretrained: bool,
-    data: ImageData,
+    data: TrainData,
     options: LoopOptions,
     num_blocks: int,
     learning_rate: float,
