@@ -21,8 +21,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temp file, fsync, then rename: a kill mid-write leaves the previous
     checkpoint intact."""
-    with atomic.atomic_path(path, fsync=True) as tmp:
-        torch.save(state, tmp)
+    # Through a Python file: a full disk then raises OSError(ENOSPC), which the worker
+    # recognises (torch.save to a path raises a RuntimeError that names no errno).
+    with atomic.atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: Path) -> dict | None:
