@@ -68,6 +68,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.digits import digit_image  # noqa: E402
 from bench.service import wait_done  # noqa: E402
 from tests.helpers import free_port, png_bytes, stop, wait_http  # noqa: E402
 
@@ -334,10 +335,6 @@ def load_penguins(test_fraction: float, seed: int):
     )
 
 
-def _digit_image(pixels: np.ndarray) -> Image.Image:
-    return Image.fromarray((pixels * (255.0 / 16.0)).astype(np.uint8))
-
-
 def load_digits_images(per_class_train: int, size: int, seed: int):
     from sklearn.datasets import load_digits
 
@@ -351,9 +348,9 @@ def load_digits_images(per_class_train: int, size: int, seed: int):
         kind="classification",
         base_model="efficientnet_lite0",
         describe=f"scikit-learn digits {len(tr)} train / {len(te)} test, lite0 at {size} px",
-        x_train=[_digit_image(d.images[i]) for i in tr],
+        x_train=[digit_image(d.images[i]) for i in tr],
         y_train=labels[tr],
-        x_test=[_digit_image(d.images[i]) for i in te],
+        x_test=[digit_image(d.images[i]) for i in te],
         y_test=labels[te],
         classes=[str(c) for c in range(10)],
         image_size=size,
@@ -401,7 +398,7 @@ def load_digit_pairs(n_train: int, n_test: int, size: int, seed: int):
             a, b = rng.choice(pool, 2, replace=False)
             canvas = np.zeros((16, 16))
             canvas[4:12, 0:8], canvas[4:12, 8:16] = d.images[a], d.images[b]
-            images.append(_digit_image(canvas))
+            images.append(digit_image(canvas))
             ys[k, d.target[a]] = ys[k, d.target[b]] = 1
         return images, ys
 
@@ -860,8 +857,10 @@ def _names_task(r: httpx.Response) -> bool:
     except (ValueError, KeyError):
         return False
     fields = [f.get("field", "") for f in e.get("fields") or []]
-    return e.get("field") == "task" or any("task" in str(f) for f in fields) or (
-        "task" in e.get("message", "") and e.get("code") != "corrupt_archive"
+    return (
+        e.get("field") == "task"
+        or any("task" in str(f) for f in fields)
+        or ("task" in e.get("message", "") and e.get("code") != "corrupt_archive")
     )
 
 
@@ -1077,8 +1076,11 @@ def reusable(old: dict | None, data: Data, row: str) -> dict | None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default="digits,wordnet,penguins,fashion,diabetes,pairs")
-    ap.add_argument("--rows", help=f"of {','.join(REFERENCE_ROWS + SERVICE_ROWS)} (default "
-                    f"{','.join(DEFAULT_ROWS)}; --quick: {','.join(QUICK_ROWS)})")
+    ap.add_argument(
+        "--rows",
+        help=f"of {','.join(REFERENCE_ROWS + SERVICE_ROWS)} (default "
+        f"{','.join(DEFAULT_ROWS)}; --quick: {','.join(QUICK_ROWS)})",
+    )
     ap.add_argument("--skip", default="", help="dataset:row pairs to leave out, e.g. "
                     "fashion:ft,fashion:full (the costly ones at 224 px)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
@@ -1184,6 +1186,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _git_head(repo: Path) -> str:
     try:
+
         def git(*a: str) -> str:
             return subprocess.run(["git", "-C", str(repo), *a], capture_output=True,
                                   text=True, check=True).stdout.strip()  # fmt: skip

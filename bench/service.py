@@ -41,7 +41,8 @@ from app.training.build import build_model, get_base_model
 from app.training.inference import PREDICT_CANDIDATES, Predictor
 from app.training.presets import EvalPreset, pil_to_uint8
 from bench.client import LeanClient, multipart
-from tests.helpers import digit_images, digits_zip, free_port, png_bytes, start, stop, wait_http
+from bench.digits import digit_images
+from tests.helpers import digits_zip, free_port, png_bytes, start, stop, wait_http
 
 KEY = "ft_bench_admin_key_0123456789abcdefghijklmn"
 BACKBONE = "efficientnet_lite0"

@@ -11,31 +11,11 @@ import zipfile
 from pathlib import Path
 
 import httpx
-import numpy as np
 from PIL import Image
 
+from bench.digits import digit_images
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def digit_images(per_class: int, size: int = 32, classes: int = 10, offset: int = 0):
-    """(label, PIL image) pairs from scikit-learn's digits, upscaled to `size` px RGB."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    taken: dict[int, int] = {}
-    for image, label in zip(digits.images, digits.target, strict=True):
-        label = int(label)
-        if label >= classes:
-            continue
-        n = taken.get(label, 0)
-        if n >= offset + per_class:
-            continue
-        taken[label] = n + 1
-        if n < offset:
-            continue
-        gray = (image / 16.0 * 255).astype(np.uint8)
-        img = Image.fromarray(gray, mode="L").resize((size, size), Image.BILINEAR).convert("RGB")
-        yield label, img
 
 
 def png_bytes(img: Image.Image) -> bytes:

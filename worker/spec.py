@@ -1,9 +1,7 @@
 """Turns a stored job spec into the engine's plain keyword arguments."""
 
 import dataclasses
-import json
 
-from safetensors.torch import load_file
 from sqlalchemy.orm import Session
 
 from app.datasets.models import Dataset
@@ -11,6 +9,7 @@ from app.registry.base_models import WEIGHTS_NAME, parse_ref
 from app.registry.models import Model, UploadedBaseModel
 from app.storage.local import LocalStorage
 from app.training.api import TrainConfig
+from app.training.artifact import load_artifact, read_config
 from app.training.errors import EngineError
 from app.training.uploads import load_upload
 
@@ -58,9 +57,7 @@ def init_state_for(
     parent = session.get(Model, parent_id)
     if parent is None or parent.owner_id != owner_id:
         raise EngineError(f"model {parent_id!r} no longer exists", code="base_model_gone")
-    parent_dir = storage.model_dir(parent_id)
-    config = json.loads((parent_dir / "config.json").read_text())
-    state = load_file(str(parent_dir / "model.safetensors"))
+    config, state = load_artifact(storage.model_dir(parent_id))
     return state, {
         "architecture": config["architecture"],
         "base_model": base,
@@ -76,4 +73,4 @@ def init_config_for(*, storage: LocalStorage, lineage: dict) -> dict | None:
     parent_id = lineage.get("parent_model_id")
     if parent_id is None:
         return None
-    return json.loads((storage.model_dir(parent_id) / "config.json").read_text())
+    return read_config(storage.model_dir(parent_id))

@@ -35,6 +35,7 @@ from app.jobs.schemas import JobOut as Job
 from app.registry.schemas import BaseModelOut as BaseModel
 from app.registry.schemas import ModelOut as Model
 from app.registry.schemas import PredictResponse
+from app.training.atomic import atomic_path
 from app.webhooks.schemas import DeliveryOut as Delivery
 from app.webhooks.schemas import WebhookCreated, WebhookOut
 from app.webhooks.signing import InvalidSignature, verify
@@ -385,11 +386,9 @@ class Models(_Resource):
             "GET", f"/v1/models/{model_id}/export", params={"format": format}
         ) as r:
             _raise_for(r)
-            tmp = dest.with_name(dest.name + ".part")
-            with tmp.open("wb") as f:
+            with atomic_path(dest) as tmp, tmp.open("wb") as f:
                 for block in r.iter_bytes(CHUNK):
                     f.write(block)
-            tmp.replace(dest)
         return dest
 
     def report(self, model_id: str) -> str:

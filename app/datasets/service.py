@@ -15,44 +15,10 @@ from app.auth.models import Owner
 from app.core.db import begin_write, new_id
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.pagination import fetch_page
-from app.datasets.ingest import (
-    Limits,
-    ingest_csv,
-    ingest_image_archive,
-    sniff_format,
-)
+from app.datasets.ingest import Limits, ingest_dataset
 from app.datasets.models import Dataset
-from app.datasets.targets import (
-    DEFAULT_SEPARATOR,
-    ingest_csv_targets,
-    ingest_labelled_archive,
-    is_target_task,
-)
+from app.datasets.targets import DEFAULT_SEPARATOR
 from app.storage.local import LocalStorage, copy_bounded
-
-ARCHIVE_FORMATS = {"zip", "tar"}
-
-
-def _resolve_task(fmt: str, task: str | None, text_column: str, csv_path: Path) -> str:
-    if fmt in ARCHIVE_FORMATS:
-        if task is not None and not task.startswith("image_"):
-            raise Invalid(
-                f"task {task!r} needs a CSV file; an archive is an image dataset",
-                code="task_mismatch",
-            )
-        return task or "image_classification"
-    if task is not None and task.startswith("image_"):
-        raise Invalid(
-            f"{task} needs a ZIP or tar archive (of class folders, or with a labels.csv)",
-            code="task_mismatch",
-        )
-    if task:
-        return task
-    # No task given for a CSV: a text column means text, anything else is tabular.
-    with csv_path.open("rb") as f:
-        header = f.readline(64 * 1024).decode("utf-8-sig", errors="replace")
-    columns = [c.strip().strip('"') for c in header.strip().split(",")]
-    return "text_classification" if text_column in columns else "tabular_classification"
 
 
 def create(
@@ -94,37 +60,15 @@ def create(
         size = copy_bounded(upload, scratch, storage.settings.max_upload_bytes, digest=digest)
         if size == 0:
             raise Invalid("the uploaded file is empty", code="empty_upload")
-        fmt = sniff_format(scratch)
-        task = _resolve_task(fmt, task, text_column, scratch)
-        if is_target_task(task) and fmt in ARCHIVE_FORMATS:  # multi-label / regression
-            manifest = ingest_labelled_archive(
-                archive_path=scratch,
-                dest_dir=partial,
-                task=task,
-                label_separator=label_separator,
-                limits=limits,
-            )
-        elif is_target_task(task):
-            manifest = ingest_csv_targets(
-                csv_path=scratch,
-                dest_dir=partial,
-                task=task,
-                label_column=label_column,
-                text_column=text_column,
-                label_separator=label_separator,
-                limits=limits,
-            )
-        elif task == "image_classification":
-            manifest = ingest_image_archive(archive_path=scratch, dest_dir=partial, limits=limits)
-        else:
-            manifest = ingest_csv(
-                csv_path=scratch,
-                dest_dir=partial,
-                task=task,
-                label_column=label_column,
-                text_column=text_column,
-                limits=limits,
-            )
+        manifest = ingest_dataset(
+            path=scratch,
+            dest_dir=partial,
+            task=task,
+            label_column=label_column,
+            text_column=text_column,
+            label_separator=label_separator,
+            limits=limits,
+        )
         partial.rename(final)
     finally:  # an IngestError goes on to the error handler (app.main.ERRORS)
         storage.remove(scratch)
@@ -145,7 +89,7 @@ def create(
     dataset = Dataset(
         id=dataset_id,
         owner_id=owner.id,
-        task=task,
+        task=manifest["task"],
         name=(name or Path(filename or dataset_id).name)[:200],
         num_samples=manifest["num_samples"],
         classes=manifest["classes"],

@@ -18,9 +18,6 @@ from app.training.uploads import inspect_upload
 UPLOAD_PREFIX = "upload:"
 MODEL_PREFIX = "model:"
 WEIGHTS_NAME = "model.safetensors"
-# The engine's test-only models: a job may name one, but GET /v1/base-models does not
-# list them (a user has no use for them).
-UNLISTED = frozenset({"tiny_cnn"})
 
 
 class BaseRef(NamedTuple):
@@ -41,7 +38,9 @@ def parse_ref(base_model: str) -> BaseRef:
 
 def list_all(*, session: Session | None = None, owner: Owner | None = None) -> list[dict]:
     """Built-in base models (but the test-only ones), then the owner's uploads (newest first)."""
-    out = [m for m in build.list_base_models() if m["name"] not in UNLISTED]
+    # The engine's test-only models (build.BaseModel.test_only): a job may name one, but
+    # the list leaves them out (a user has no use for them).
+    out = [m for m in build.list_base_models() if not build.get_base_model(m["name"]).test_only]
     if session is not None and owner is not None:
         rows = session.scalars(
             select(UploadedBaseModel)

@@ -11,7 +11,7 @@ Entry points:
 - uploads.inspect_upload(path, architecture): uploaded safetensors, never a pickle
 - errors: EngineError subclasses carry `code`, `message` and, where known, `field`.
 
-Reading order: presets -> data -> csvdata -> text, tabular -> build (+ efficientnet_lite)
--> schedule -> freeze -> optim -> features -> checkpoint -> loop -> config -> auto ->
-evaluate -> api -> inference -> uploads.
+Reading order: atomic -> presets -> data (+ the data protocol) -> csvdata -> text, tabular
+-> build (+ efficientnet_lite) -> schedule -> freeze -> optim -> features -> checkpoint ->
+loop -> config -> auto -> evaluate -> artifact -> api -> inference -> export -> uploads.
 """

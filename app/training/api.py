@@ -2,8 +2,8 @@
 
 The worker turns a JobSpec into a TrainConfig and calls `train`; nothing here knows
 about HTTP, Celery or the database. The dataset's task (tasks.py: a modality and a
-kind) picks the data loader and what the artifact carries (LOADERS / ARTIFACT_FIELDS,
-by modality) and the head, loss, score, probe and metrics (its kind); the loop is one.
+kind) picks the data loader (LOADERS, by modality; what the artifact carries:
+artifact.py) and the head, loss, score, probe and metrics (its kind); the loop is one.
 Calling `train` again with the same `work_dir` resumes from the last epoch checkpoint.
 """
 
@@ -12,16 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from app.training import auto, tabular, text
+from app.training.artifact import save_artifact
 from app.training.build import (
     TransferModel,
     build_model,
@@ -37,8 +35,6 @@ from app.training.freeze import default_train_bn
 from app.training.loop import LoopOptions, fit
 from app.training.schedule import plan_schedule
 from app.training.tasks import Kind, Modality, Task, get_task
-
-ARTIFACT_FORMAT = 1
 
 # How much training a job gets when `epochs` is not given: at least DEFAULT_EPOCHS, and
 # at least this many optimizer steps, so a 100-sample upload is not stopped after a
@@ -315,58 +311,6 @@ def train(
     )
 
 
-def save_artifact(
-    artifact_dir: Path,
-    *,
-    model: TransferModel,
-    base_model: str,
-    classes: list[str],
-    image_size: int,
-    task: str = "image_classification",
-    meta: dict | None = None,
-    max_length: int = text.DEFAULT_MAX_LENGTH,
-    extra: dict | None = None,
-) -> Path:
-    """model.safetensors + config.json: everything inference needs, with no base-weights
-    package (a text model gets a copy of its tokenizer files, a tabular model its
-    preprocessing in config.json; a multi-label model its thresholds, a regression its
-    target's mean and std: `extra`, from the task). Written to a sibling temp dir then renamed, so a
-    reader never sees half."""
-    spec = get_base_model(base_model)
-    meta = meta or {}
-    artifact_dir = Path(artifact_dir)
-    tmp = artifact_dir.with_name(artifact_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, tmp / "model.safetensors")
-    config = {
-        "format": ARTIFACT_FORMAT,
-        "task": task,
-        "architecture": base_model,
-        "base_model": base_model,
-        "num_classes": get_task(task).head_size(classes),
-        "classes": classes,
-        **(extra or {}),
-    }
-    config.update(
-        ARTIFACT_FIELDS[get_task(task).modality](
-            tmp, spec=spec, meta=meta, image_size=image_size, max_length=max_length
-        )
-    )
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    if artifact_dir.exists():
-        shutil.rmtree(artifact_dir)
-    os.replace(tmp, artifact_dir)
-    return artifact_dir
-
-
-def load_artifact(artifact_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json, state dict) of a model trained here: the `init_state` for a job on
-    `"model:<id>"` (pass config["architecture"] as the job's base_model)."""
-    artifact_dir = Path(artifact_dir)
-    config = json.loads((artifact_dir / "config.json").read_text())
-    return config, load_file(artifact_dir / "model.safetensors")
 
 
 def _load_image(dataset_dir: Path, *, config: TrainConfig, cache_dir: Path, init_config, task):
@@ -400,33 +344,8 @@ def _load_tabular(dataset_dir: Path, *, config: TrainConfig, cache_dir: Path, in
     )
 
 
-# Per modality: the loader (-> ImageData / TensorData with the task's targets) and what
-# config.json carries for inference beside the weights.
+# Per modality: the loader (-> ImageData / TensorData with the task's targets).
 LOADERS = {Modality.IMAGE: _load_image, Modality.TEXT: _load_text, Modality.TABULAR: _load_tabular}
-
-
-def _image_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
-    return {
-        "image_size": image_size,
-        "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
-    }
-
-
-def _text_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
-    meta["tokenizer"].copy_to(tmp / "tokenizer")
-    return {"max_length": max_length, "tokenizer": "tokenizer"}
-
-
-def _tabular_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
-    pre = meta["preprocessing"]
-    return {"num_inputs": pre["width"], "preprocessing": pre}
-
-
-ARTIFACT_FIELDS = {
-    Modality.IMAGE: _image_fields,
-    Modality.TEXT: _text_fields,
-    Modality.TABULAR: _tabular_fields,
-}
 
 
 def _data_key(dataset_dir: Path, config: TrainConfig) -> str:

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from app.training import atomic
 from app.training import checkpoint as ckpt
 from app.training.build import TransferModel
-from app.training.data import ImageData
+from app.training.data import TrainData
 from app.training.feature_store import FeatureStore
 from app.training.freeze import default_train_bn
 from app.training.loop import FitResult, LoopOptions, fit
@@ -91,16 +91,14 @@ def _candidate(entry: dict) -> dict:
 
 
 def _write(path: Path, entry: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entry))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(entry))
 
 
 def search(
     *,
     make_model: Callable[[], TransferModel],
     pretrained: bool,
-    data: ImageData,
+    data: TrainData,
     options: LoopOptions,
     num_blocks: int,
     learning_rate: float,
@@ -245,7 +243,7 @@ def finish(
     entry: dict,
     make_model: Callable[[], TransferModel],
     pretrained: bool,
-    data: ImageData,
+    data: TrainData,
     options: LoopOptions,
     num_blocks: int,
     learning_rate: float,

@@ -102,6 +102,7 @@ class BaseModel:
     sized_to_inputs: bool = False  # build(pretrained, num_inputs=...) (tabular)
     # False: "pretrained" is only a seeded random init, so nothing may stay frozen by default
     pretrained_weights: bool = True
+    test_only: bool = False  # for tests and smoke runs: a job may name it, no list shows it
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite
@@ -249,6 +250,7 @@ REGISTRY: dict[str, BaseModel] = {
             build=_build_tiny,
             weights_file=lambda: Path("."),  # nothing to load: always "present"
             missing_hint=lambda: "",
+            test_only=True,
         ),
         BaseModel(
             name="minilm-l6",
@@ -281,7 +283,6 @@ REGISTRY: dict[str, BaseModel] = {
         ),
     ]
 }
-DEFAULT_BASE_MODEL = "efficientnet_lite0"
 
 
 def get_base_model(name: str) -> BaseModel:

@@ -7,12 +7,13 @@ that reason.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from app.training import atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -20,14 +21,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temp file, fsync, then rename: a kill mid-write leaves the previous
     checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    # Through a Python file: a full disk then raises OSError(ENOSPC), which the worker
+    # recognises (torch.save to a path raises a RuntimeError that names no errno).
+    with atomic.atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path) -> dict | None:

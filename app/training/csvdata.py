@@ -45,9 +45,6 @@ class TensorData:
     test: TensorSplit
     meta: dict = field(default_factory=dict)  # what inference needs (tokenizer, preprocessing)
 
-    def class_counts(self) -> list[int]:
-        return torch.bincount(self.train.labels, minlength=len(self.classes)).tolist()
-
 
 def read_csv_dataset(dataset_dir: Path, *, task: str) -> tuple[dict, list[dict]]:
     # `task`: the dataset's (any kind of the loader's modality)

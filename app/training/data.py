@@ -14,22 +14,60 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from app.training import atomic
 from app.training.errors import DatasetError
 from app.training.presets import pil_to_uint8
 from app.training.tasks import Kind, encode_targets, get_task, stratify_classes
 
 MIN_PER_CLASS_TRAIN = 2  # one to train on, one for val when val is carved out
+
+
+# ---------------------------------------------------------------- the data protocol
+# What the loop (loop.fit) and auto.search read of a dataset, whatever its modality:
+# ImageData here, csvdata.TensorData for text and tabular.
+
+
+@runtime_checkable
+class SplitData(Protocol):
+    @property
+    def inputs(self) -> torch.Tensor:
+        """What the model consumes, one sample per row: uint8 images (N, 3, S, S), token
+        ids + mask (N, 2, L) or encoded features (N, F)."""
+        ...
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The task's targets (tasks.encode_targets), one per row of `inputs`."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class TrainData(Protocol):
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def train(self) -> SplitData: ...
+
+    @property
+    def val(self) -> SplitData: ...
+
+    @property
+    def test(self) -> SplitData:
+        """Held out: the loop evaluates on it once, at the end, never trains on it."""
+        ...
 
 
 @dataclass
@@ -52,9 +90,6 @@ class ImageData:
     train: Split
     val: Split
     test: Split
-
-    def class_counts(self) -> list[int]:
-        return torch.bincount(self.train.labels, minlength=len(self.classes)).tolist()
 
 
 def read_manifest(dataset_dir: Path, task: str = "image_classification") -> tuple[dict, bytes]:
@@ -111,12 +146,10 @@ def _cached_images(
     if path.is_file():
         return load_file(path)["images"]
     images = _decode_all(dataset_dir, samples, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Concurrent jobs on the same dataset may race here; both write whole files and the
     # rename is atomic, so a reader never sees a partial cache.
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    save_file({"images": images}, tmp)
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        save_file({"images": images}, tmp)
     return images
 
 

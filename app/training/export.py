@@ -11,21 +11,19 @@ de-standardised values (N, 1) for regression ("values").
 from __future__ import annotations
 
 import io
-import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from app.training import runtime
+from app.training import artifact, atomic, runtime
 from app.training.errors import InvalidInput
 from app.training.inference import Predictor
 from app.training.tasks import Modality, get_task
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 FILENAMES = {
-    "safetensors": "model.safetensors",
+    "safetensors": artifact.WEIGHTS_FILE,
     "torchscript": "model.torchscript.pt",
     "onnx": "model.onnx",
 }
@@ -50,7 +48,7 @@ def export(artifact_dir: Path, fmt: str) -> Path:
     target = artifact_dir / FILENAMES[fmt]
     if target.exists():
         return target
-    config = json.loads((artifact_dir / "config.json").read_text())
+    config = artifact.read_config(artifact_dir)
     task = get_task(config.get("task"))
     if task.modality != Modality.IMAGE:
         # Text and tabular models need their tokenizer / preprocessing beside the graph.
@@ -82,7 +80,5 @@ def export(artifact_dir: Path, fmt: str) -> Path:
                 opset_version=17,
                 dynamic_axes={"images": {0: "batch"}, task.output.name: {0: "batch"}},
             )
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, target)  # concurrent exporters race harmlessly: same bytes, atomic rename
+    atomic.write_bytes(target, buf.getvalue())  # concurrent exporters: same bytes
     return target

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from app.training import atomic
 from app.training.build import TransferModel
 
 log = logging.getLogger(__name__)
@@ -88,12 +87,10 @@ def cached(
     out = compute()
     if out is None:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    save_file(
-        {n: t.detach().to("cpu").contiguous() for n, t in zip(names, out, strict=True)},
-        tmp,
-        metadata={"key": json.dumps(key, sort_keys=True)},
-    )
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        save_file(
+            {n: t.detach().to("cpu").contiguous() for n, t in zip(names, out, strict=True)},
+            tmp,
+            metadata={"key": json.dumps(key, sort_keys=True)},
+        )
     return out

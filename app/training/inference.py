@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from app.training import features, runtime, tabular, text
-from app.training.api import load_artifact
+from app.training.artifact import load_artifact, runtime_dir, tokenizer_dir
 from app.training.build import build_model
 from app.training.errors import InvalidInput
 from app.training.presets import EvalPreset, pil_to_uint8
@@ -93,6 +93,11 @@ class Predictor(_TaskOutput):
     @classmethod
     def load(cls, artifact_dir: Path, device: str = "cpu") -> Predictor:
         config, state = load_artifact(artifact_dir)
+        return cls.from_artifact(config, state, device)
+
+    @classmethod
+    def from_artifact(cls, config: dict, state: dict, device: str = "cpu") -> Predictor:
+        """The predictor of an artifact already read (artifact.load_artifact)."""
         model = build_model(
             base_model=config["architecture"],
             num_classes=config["num_classes"],
@@ -231,7 +236,6 @@ class _TensorPredictor(_TaskOutput):
         self.forward, self.runtime, self.runtime_info = runner, runner.name, runner.info
         return self
 
-
     def encode(self, inputs: list) -> torch.Tensor:
         raise NotImplementedError
 
@@ -338,7 +342,7 @@ class TabularPredictor(_TensorPredictor):
 
 
 def _load_image(artifact_dir: Path, config: dict, state: dict, device: str) -> Predictor:
-    return Predictor.load(artifact_dir, device=device)
+    return Predictor.from_artifact(config, state, device)
 
 
 def _tensor_model(config: dict, state: dict, device: str) -> dict:
@@ -355,7 +359,7 @@ def _tensor_model(config: dict, state: dict, device: str) -> dict:
 
 
 def _load_text(artifact_dir: Path, config: dict, state: dict, device: str) -> TextPredictor:
-    tokenizer = text.TextTokenizer(Path(artifact_dir) / config["tokenizer"], config["max_length"])
+    tokenizer = text.TextTokenizer(tokenizer_dir(artifact_dir, config), config["max_length"])
     return TextPredictor(tokenizer=tokenizer, **_tensor_model(config, state, device))
 
 
@@ -381,8 +385,3 @@ def load_predictor(
         raise InvalidInput(f"unknown model task {config.get('task')!r}") from None
     predictor = LOADERS[task.modality](artifact_dir, config, state, device)
     return predictor.accelerate(runtime_dir(artifact_dir)) if accelerate else predictor
-
-
-def runtime_dir(artifact_dir: Path) -> Path:
-    """Where a model's ONNX export for predict is kept: beside the model."""
-    return Path(artifact_dir) / "runtime"

@@ -20,7 +20,13 @@ fine-tuning starts from it (LP-FT, Kumar et al. 2022). It is the history's first
 
 Modalities: images arrive as uint8 tensors and go through the train/eval presets; text
 (token ids + mask) and tabular (encoded features) tensors go to the model as they are
-(`LoopOptions.modality`). Everything else is the same loop.
+(`LoopOptions.modality`). Everything else is the same loop, over any dataset that has
+the data protocol (data.TrainData: classes and train / val / test splits of inputs and
+labels).
+
+Reading order, as in torchvision's reference train.py: `prepare` (device, layout,
+presets), the frozen features, `Checkpoints.resume`, `fit_probe`, then per epoch
+`train_one_epoch` and `evaluate`; `fit` at the end calls them in that order.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,7 +45,7 @@ from torch import nn
 
 from app.training import checkpoint as ckpt
 from app.training.build import TransferModel
-from app.training.data import ImageData
+from app.training.data import SplitData, TrainData
 from app.training.errors import Cancelled, CheckpointMismatch, InvalidConfig
 from app.training.feature_store import FeatureStore, cached
 from app.training.features import cache_features
@@ -54,11 +61,12 @@ from app.training.optim import create_optimizer, create_scheduler
 from app.training.presets import EvalPreset, TrainPreset
 from app.training.runtime import train_channels_last
 from app.training.schedule import EpochPlan, frozen_level
-from app.training.tasks import get_task
+from app.training.tasks import Fitted, Objective, get_task
 
 log = logging.getLogger(__name__)
 
 FROZEN_PASS_KEYS = ("prepare_seconds", "seconds")
+SPLIT_NAMES = ["train", "val", "test"]
 
 
 @dataclass
@@ -212,11 +220,410 @@ def _epoch_report(
     }
 
 
+# ---------------------------------------------------------------- feeding the model
+
+
+@dataclass
+class Feed:
+    """How a batch reaches the model: on its device (pinned copies to CUDA), under bf16
+    autocast on CUDA, channels_last where that measured faster, through the image
+    presets (the identity for text and tabular tensors)."""
+
+    device: torch.device
+    amp: contextlib.AbstractContextManager
+    channels_last: bool
+    train_preset: Callable[[torch.Tensor], torch.Tensor]
+    eval_preset: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.cuda and not t.is_cuda:  # pinned host memory lets the copy overlap compute
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)  # no-op on the CPU and for features cached on the GPU
+
+    def logits(
+        self, model: TransferModel, inp: _Inputs, idx: torch.Tensor, *, train: bool
+    ) -> torch.Tensor:
+        x = self.to_device(inp.tensor[idx])
+        if inp.level >= 0:
+            return model.forward_from(x, inp.level)
+        x = self.train_preset(x) if train else self.eval_preset(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return model(x)
+
+
+def prepare(
+    model: TransferModel, plans: list[EpochPlan], data: TrainData, options: LoopOptions
+) -> Feed:
+    """Move `model` to its device (channels_last where it measures faster, runtime.py)
+    and say how batches reach it."""
+    o = options
+    device = resolve_device(o.device)
+    image = o.modality == "image"
+    shape = (min(o.batch_size, 16), 3, o.image_size, o.image_size)
+    # A head on cached features: no convolution runs in training, the layout is moot.
+    head_on_cache = not o.augment and frozen_level(plans, len(model.blocks)) == model.pooled_level
+    work = 0 if head_on_cache else len(data.train) * len(plans)
+    channels_last = image and train_channels_last(model, shape, device=device, work=work)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # faster convs with cuDNN
+    cuda = device.type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    if not image:
+        return Feed(device, amp, False, _identity, _identity)
+    return Feed(
+        device,
+        amp,
+        channels_last,
+        TrainPreset(mean=o.mean, std=o.std, image_size=o.image_size, augment=o.augment),
+        EvalPreset(mean=o.mean, std=o.std),
+    )
+
+
+# ---------------------------------------------------------------- frozen features
+
+
+@dataclass
+class FrozenFeatures:
+    """Features of the frozen prefix of `model` (features.py): one pass over each split,
+    kept in `store` across jobs when there is one. `info` receives the runtime the pass
+    ran on and how long it took, for the history."""
+
+    model: TransferModel
+    feed: Feed
+    options: LoopOptions
+    store: FeatureStore | None
+    check_stop: Callable[[], None]
+    info: dict = field(default_factory=dict)
+
+    def at(self, level: int, parts: list[SplitData]) -> list[torch.Tensor] | None:
+        """Features at `level` of `parts`, from the store or computed; None when they
+        would exceed the cache limit."""
+        o = self.options
+        return cached(
+            store=self.store,
+            model=self.model,
+            level=level,
+            names=SPLIT_NAMES[: len(parts)],
+            extra={"modality": o.modality, "mean": o.mean, "std": o.std, "amp": self.feed.cuda},
+            compute=lambda: self._pass(level, parts, o.feature_cache_limit_bytes, self.info),
+        )
+
+    def pooled(self, parts: list[SplitData]) -> list[torch.Tensor]:
+        """Pooled features of `parts`, whatever their size (the probe needs them)."""
+        got = self.at(self.model.pooled_level, parts)
+        if got is None:  # over the cache limit: compute them regardless, not stored
+            got = self._pass(self.model.pooled_level, parts, 2**62, None)
+            assert got is not None
+        return got
+
+    def _pass(
+        self, level: int, parts: list[SplitData], limit_bytes: int, info: dict | None
+    ) -> list[torch.Tensor] | None:
+        return cache_features(
+            model=self.model,
+            splits=[s.inputs for s in parts],
+            level=level,
+            preset=self.feed.eval_preset,
+            to_device=self.feed.to_device,
+            batch_size=self.options.eval_batch_size,
+            limit_bytes=limit_bytes,
+            check_stop=self.check_stop,
+            amp=self.feed.amp,
+            channels_last=self.feed.channels_last,
+            info=info,
+        )
+
+    def runtime(self, used: bool) -> str:
+        """What the training inputs came from: the frozen pass's runtime ("stored" when
+        it was read from the store), else the eager model's layout."""
+        if used:
+            return self.info.get("runtime", "stored")
+        return "eager_channels_last" if self.feed.channels_last else "eager"
+
+
+def model_inputs(
+    frozen: FrozenFeatures, splits: list[SplitData], plans: list[EpochPlan]
+) -> tuple[list[_Inputs], int]:
+    """What training feeds the model for each split, and at which level: the frozen
+    features below the lowest block any epoch trains (the whole backbone for a linear
+    probe), else (-1) the raw inputs through the whole model: with augmentation, or when
+    the features would exceed the cache limit."""
+    model, o = frozen.model, frozen.options
+    level = -1 if (o.augment and o.modality == "image") else frozen_level(plans, len(model.blocks))
+    features = frozen.at(level, splits) if level >= 0 else None
+    if features is None:
+        return [_Inputs(s.inputs, s.labels, -1) for s in splits], -1
+    return [_Inputs(t, s.labels, level) for t, s in zip(features, splits, strict=True)], level
+
+
+def _pooled(model: TransferModel, inp: _Inputs, feed: Feed, batch_size: int) -> torch.Tensor:
+    """Pooled features of cached inputs, through the (frozen, eval mode) top blocks."""
+    if inp.level == model.pooled_level:
+        return inp.tensor
+    model.eval()
+    out = []
+    with torch.inference_mode(), feed.amp:
+        for b in torch.arange(len(inp)).split(batch_size):
+            h = feed.to_device(inp.tensor[b])
+            for block in model.blocks[inp.level :]:
+                h = block(h)
+            out.append(model.pool(h).float())
+    return torch.cat(out)
+
+
+def probe_features(
+    frozen: FrozenFeatures, train_in: _Inputs, val_in: _Inputs, data: TrainData
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) pooled features of the backbone as it is now (frozen): from the
+    cached training inputs, else one pass of their own."""
+    if train_in.level >= 0:
+        batch_size = frozen.options.eval_batch_size
+        return (
+            _pooled(frozen.model, train_in, frozen.feed, batch_size),
+            _pooled(frozen.model, val_in, frozen.feed, batch_size),
+        )
+    train_x, val_x = frozen.pooled([data.train, data.val])
+    return train_x, val_x
+
+
+# ---------------------------------------------------------------- resume
+
+
+@dataclass
+class Progress:
+    """Where a run stands after `epoch` epochs (0: none yet, or only the probe): what a
+    checkpoint carries beside the weights, the optimizer and the RNG states."""
+
+    epoch: int
+    step: int
+    history: list[dict]
+    best: dict  # epoch (1-based; 0: the probe), val_score, val_loss, state (its weights)
+    bad_epochs: int  # epochs since `best` last improved
+    refit: dict | None  # a probe-only job's head refitted on train + val
+
+    @classmethod
+    def fresh(cls, weights: dict[str, torch.Tensor]) -> Progress:
+        best = {"epoch": 0, "val_score": -math.inf, "val_loss": math.inf, "state": weights}
+        return cls(epoch=0, step=0, history=[], best=best, bad_epochs=0, refit=None)
+
+    def out_of_patience(self, patience: int | None) -> bool:
+        return patience is not None and self.bad_epochs >= patience
+
+    def keep_if_best(
+        self,
+        *,
+        epoch: int,
+        val_score: float,
+        val_loss: float,
+        weights: Callable[[], dict[str, torch.Tensor]],
+    ) -> None:
+        """Best-so-far: `epoch` (1-based) becomes the best when it beats it on the score;
+        ties (common on small val sets) go to the lower loss."""
+        if (val_score, -val_loss) > (self.best["val_score"], -self.best["val_loss"]):
+            self.best = {
+                "epoch": epoch,
+                "val_score": val_score,
+                "val_loss": val_loss,
+                "state": weights(),
+            }
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+
+
+class Checkpoints:
+    """The run's checkpoint, `work_dir`/checkpoint.pt (checkpoint.py), written after the
+    probe and after every epoch. Only the groups that train at some point are saved;
+    the rest is rebuilt identically by the caller on resume, so a linear probe's
+    checkpoints stay small."""
+
+    def __init__(
+        self, work_dir: Path, *, model: TransferModel, plans: list[EpochPlan], fingerprint: dict
+    ):
+        self.path = Path(work_dir) / ckpt.CHECKPOINT_NAME
+        self.fingerprint = fingerprint
+        self.modules = group_modules(model)
+        self.groups = [g.group for g in plans[0].groups if any(p.trainable(g.group) for p in plans)]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return _group_state(self.modules, self.groups)
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        _load_group_state(self.modules, self.groups, state)
+
+    def resume(
+        self, *, model: TransferModel, optimizer: torch.optim.Optimizer, plans: list[EpochPlan]
+    ) -> Progress | None:
+        """The progress of the checkpoint found, with the model, the optimizer and the RNG
+        states put back as they were when it was written; None when there is none."""
+        state = ckpt.load_checkpoint(self.path)
+        if state is None:
+            return None
+        if state["fingerprint"] != self.fingerprint:
+            raise CheckpointMismatch(f"{self.path} was written by a different job configuration")
+        for plan in plans[: state["epoch"]]:  # re-add groups in the order they joined
+            apply_plan(model, plan)
+            sync_optimizer(optimizer, model, plan)
+        self.load_weights(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        log.info("resumed from %s after epoch %d", self.path, state["epoch"])
+        return Progress(
+            epoch=state["epoch"],
+            step=state["step"],
+            history=state["history"],
+            best=state["best"],
+            bad_epochs=state["bad_epochs"],
+            refit=state.get("refit"),
+        )
+
+    def save(self, progress: Progress, *, optimizer: torch.optim.Optimizer, scheduler: str) -> None:
+        ckpt.save_checkpoint(
+            self.path,
+            {
+                "fingerprint": self.fingerprint,
+                "epoch": progress.epoch,
+                "step": progress.step,
+                "model": self.weights(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": {"name": scheduler, "step": progress.step},
+                "best": progress.best,
+                "bad_epochs": progress.bad_epochs,
+                "history": progress.history,
+                "rng": ckpt.rng_state(),
+                "refit": progress.refit,
+            },
+        )
+
+
+# ---------------------------------------------------------------- probe, train, evaluate
+
+
+def fit_probe(
+    *,
+    model: TransferModel,
+    objective: Objective,
+    train_x: torch.Tensor,
+    val_x: torch.Tensor,
+    data: TrainData,
+    seed: int,
+    refit: bool,
+) -> tuple[Fitted, dict | None]:
+    """Set the head at the optimum of its convex loss on the frozen backbone's pooled
+    features (`train_x`, `val_x`). With `refit`, also the head fitted again on train + val
+    with the C validation chose: validation metrics stay those of the train-only head
+    (the one it chose); only the test split, never seen, measures the refitted one."""
+    fitted = objective.probe(train_x, data.train.labels, val_x, data.val.labels, seed=seed)
+    _set_head(model, fitted.weight, fitted.bias)
+    if not refit:
+        return fitted, None
+    both = objective.probe(
+        torch.cat([train_x, val_x]),
+        torch.cat([data.train.labels, data.val.labels]),
+        val_x,
+        data.val.labels,
+        seed=seed,
+        grid=(fitted.C,),
+    )
+    return fitted, {"weight": both.weight, "bias": both.bias}
+
+
+def train_one_epoch(
+    *,
+    model: TransferModel,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    data: _Inputs,
+    feed: Feed,
+    plan: EpochPlan,
+    epoch: int,
+    step: int,
+    factor: Callable[[int], float],
+    options: LoopOptions,
+    check_stop: Callable[[], None],
+) -> tuple[float, int, int]:
+    """One pass over `data` in an order seeded by the epoch, each step at its base lr
+    times `factor(step)`: (mean train loss, samples seen, the step count after it)."""
+    o = options
+    set_train_mode(model, plan, train_bn=o.train_bn)
+    order = torch.randperm(
+        len(data), generator=torch.Generator().manual_seed(o.seed * 7919 + epoch)
+    )
+    loss_sum, seen = 0.0, 0
+    for b in _batches(len(data), o.batch_size, order):
+        check_stop()
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor(step)
+        y = feed.to_device(data.labels[b])
+        with feed.amp:
+            logits = feed.logits(model, data, b, train=True)
+        loss = objective.loss(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        loss_sum += float(loss.detach()) * len(b)
+        seen += len(b)
+    return loss_sum / max(1, seen), seen, step
+
+
+def evaluate(
+    *, model: TransferModel, objective: Objective, data: _Inputs, feed: Feed, batch_size: int
+) -> tuple[torch.Tensor, float]:
+    """(the task's outputs, mean plain loss) over `data`, the whole model in eval mode."""
+    model.eval()
+    preds, loss_sum = [], 0.0
+    with torch.inference_mode(), feed.amp:
+        for b in _batches(len(data), batch_size):
+            logits = feed.logits(model, data, b, train=False).float()
+            y = data.labels[b].to(feed.device)
+            loss_sum += objective.eval_loss(logits, y)
+            preds.append(objective.outputs(logits).cpu())
+    return torch.cat(preds), loss_sum / max(1, len(data))
+
+
+def _probe_report(
+    fitted: Fitted,
+    *,
+    epochs: int,
+    score_name: str,
+    seconds: float,
+    model: TransferModel,
+    refit: bool,
+) -> dict:
+    """The history's entry 0 for the probe."""
+    return {
+        "epoch": 0,
+        "epochs": epochs,
+        "stage": "probe",
+        "train_loss": fitted.objective,
+        "val_loss": fitted.val_loss,
+        "val_score": fitted.val_score,
+        f"val_{score_name}": fitted.val_score,
+        "seconds": seconds,
+        "eta_seconds": None,
+        "C": fitted.C,
+        "grid": fitted.grid,
+        "iterations": fitted.iterations,
+        "trainable_params": count_params(model.head),
+        "refit": refit,
+    }
+
+
+# ---------------------------------------------------------------- fit
+
+
 def fit(
     *,
     model: TransferModel,
     plans: list[EpochPlan],
-    data: ImageData,
+    data: TrainData,
     options: LoopOptions,
     work_dir: Path,
     fingerprint: dict | None = None,
@@ -233,350 +640,164 @@ def fit(
 
     `feature_store`: where frozen features of this data are kept between jobs."""
     o = options
-    device = resolve_device(o.device)
-    cuda = device.type == "cuda"
-    ckpt.seed_everything(o.seed)
-    image = o.modality == "image"
-    shape = (min(o.batch_size, 16), 3, o.image_size, o.image_size)
-    # channels_last where it measures faster (runtime.py); a head on cached features: moot
-    head_only = not o.augment and frozen_level(plans, len(model.blocks)) == model.pooled_level
-    work = 0 if head_only else len(data.train) * len(plans)
-    channels_last = image and train_channels_last(model, shape, device=device, work=work)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)  # faster convs with cuDNN
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    num_blocks = len(model.blocks)
-    if image:
-        train_preset = TrainPreset(
-            mean=o.mean, std=o.std, image_size=o.image_size, augment=o.augment
-        )
-        eval_preset = EvalPreset(mean=o.mean, std=o.std)
-    else:
-        train_preset = eval_preset = _identity  # type: ignore[assignment]
+    if o.class_weights not in (None, "auto"):
+        raise InvalidConfig("class_weights must be null or 'auto'", field="class_weights")
 
     def check_stop() -> None:
         if should_stop():
             raise Cancelled("stopped by request")
 
-    def to_device(t: torch.Tensor) -> torch.Tensor:
-        if cuda and not t.is_cuda:  # pinned host memory lets the copy overlap compute
-            return t.pin_memory().to(device, non_blocking=True)
-        return t.to(device)  # no-op on the CPU and for features cached on the GPU
+    ckpt.seed_everything(o.seed)
+    feed = prepare(model, plans, data, o)
 
-    # ---- frozen-feature cache (features.py), else raw images through the whole model
-    level = -1 if (o.augment and image) else frozen_level(plans, num_blocks)
+    frozen = FrozenFeatures(model, feed, o, feature_store, check_stop)
     # Test inputs go through the frozen pass even when this run is not evaluated on them
     # (an `auto` candidate): frozen features leak nothing, and the winner's final run
     # then reads all three splits from the store instead of running the pass again.
     splits = [data.train, data.val, data.test]
-    feature_runtime: dict = {}  # which runtime ran the frozen pass (runtime.py)
-    names = ["train", "val", "test"]
-
-    def frozen_features(at: int, parts: list) -> list[torch.Tensor] | None:
-        """Features at level `at` of `parts` (splits), from the store or computed."""
-
-        def compute() -> list[torch.Tensor] | None:
-            return cache_features(
-                model=model,
-                splits=[s.inputs for s in parts],
-                level=at,
-                preset=eval_preset,
-                to_device=to_device,
-                batch_size=o.eval_batch_size,
-                limit_bytes=o.feature_cache_limit_bytes,
-                check_stop=check_stop,
-                amp=amp,
-                channels_last=channels_last,
-                info=feature_runtime,
-            )
-
-        return cached(
-            store=feature_store,
-            model=model,
-            level=at,
-            names=names[: len(parts)],
-            extra={"modality": o.modality, "mean": o.mean, "std": o.std, "amp": cuda},
-            compute=compute,
-        )
-
-    features = frozen_features(level, splits) if level >= 0 else None
-    if features is None:
-        level = -1
-        inputs = [_Inputs(s.inputs, s.labels, -1) for s in splits]
-    else:
-        inputs = [_Inputs(t, s.labels, level) for t, s in zip(features, splits, strict=True)]
+    inputs, level = model_inputs(frozen, splits, plans)
     train_in, val_in = inputs[0], inputs[1]
     test_in = inputs[2] if evaluate_test else None
 
-    def logits_of(inp: _Inputs, idx: torch.Tensor, train: bool) -> torch.Tensor:
-        x = to_device(inp.tensor[idx])
-        if inp.level >= 0:
-            return model.forward_from(x, inp.level)
-        x = train_preset(x) if train else eval_preset(x)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return model(x)
-
-    def pooled(inp: _Inputs) -> torch.Tensor:
-        """Pooled features of cached inputs, through the (frozen, eval mode) top blocks."""
-        if inp.level == model.pooled_level:
-            return inp.tensor
-        model.eval()
-        out = []
-        with torch.inference_mode(), amp:
-            for b in torch.arange(len(inp)).split(o.eval_batch_size):
-                h = to_device(inp.tensor[b])
-                for block in model.blocks[inp.level :]:
-                    h = block(h)
-                out.append(model.pool(h).float())
-        return torch.cat(out)
-
-    def probe_features() -> tuple[torch.Tensor, torch.Tensor]:
-        """(train, val) pooled features of the backbone as it is now (frozen)."""
-        if level >= 0:
-            return pooled(train_in), pooled(val_in)
-        parts = [data.train, data.val]
-        got = frozen_features(model.pooled_level, parts)
-        if got is None:  # pooled vectors over the cache limit: compute them regardless
-            got = cache_features(
-                model=model,
-                splits=[s.inputs for s in parts],
-                level=model.pooled_level,
-                preset=eval_preset,
-                to_device=to_device,
-                batch_size=o.eval_batch_size,
-                limit_bytes=2**62,
-                check_stop=check_stop,
-                amp=amp,
-                channels_last=channels_last,
-            )
-            assert got is not None
-        return got[0], got[1]
-
-    def predict(inp: _Inputs) -> tuple[torch.Tensor, float]:
-        """(the task's outputs, mean plain loss) with the whole model in eval."""
-        model.eval()
-        preds, loss_sum = [], 0.0
-        with torch.inference_mode(), amp:
-            for b in _batches(len(inp), o.eval_batch_size):
-                logits = logits_of(inp, b, train=False).float()
-                y = inp.labels[b].to(device)
-                loss_sum += objective.eval_loss(logits, y)
-                preds.append(objective.outputs(logits).cpu())
-        return torch.cat(preds), loss_sum / max(1, len(inp))
-
-    # ---- the task: loss, outputs, validation score, probe (tasks.py)
-    if o.class_weights not in (None, "auto"):
-        raise InvalidConfig("class_weights must be null or 'auto'", field="class_weights")
+    # The task: loss, outputs, validation score, probe (tasks.py).
     objective = get_task(o.task).objective(
         classes=data.classes, train_targets=data.train.labels, options=o
     )
-    score_name = objective.score_name
-
-    # ---- optimizer, scheduler, and (maybe) the state to resume from
     optimizer = create_optimizer(
         name=o.optimizer,
         param_groups=trainable_param_groups(model, plans[0]),
         lr=plans[0].lr("head"),
         weight_decay=o.weight_decay,
     )
+    validate = partial(
+        evaluate, model=model, objective=objective, feed=feed, batch_size=o.eval_batch_size
+    )
     steps_per_epoch = len(_batches(len(train_in), o.batch_size))
     factor = create_scheduler(name=o.scheduler, total_steps=steps_per_epoch * len(plans))
-    # Only groups that train at some point change; the rest is rebuilt identically by the
-    # caller on resume, so checkpoints stay small for a linear probe.
-    ever = [g.group for g in plans[0].groups if any(p.trainable(g.group) for p in plans)]
-    modules = group_modules(model)
 
-    def trainable_state() -> dict[str, torch.Tensor]:
-        return _group_state(modules, ever)
-
-    def load_trainable_state(state: dict[str, torch.Tensor]) -> None:
-        _load_group_state(modules, ever, state)
-
-    fingerprint = {
-        "plans": [p.to_dict() for p in plans],
-        "options": asdict(o),
-        **(fingerprint or {}),
-    }
-    path = Path(work_dir) / ckpt.CHECKPOINT_NAME
-    state = ckpt.load_checkpoint(path)
-    start, step, history = 0, 0, []
-    best = {"epoch": 0, "val_score": -math.inf, "val_loss": math.inf, "state": trainable_state()}
-    bad_epochs = 0
-    if state is not None:
-        if state["fingerprint"] != fingerprint:
-            raise CheckpointMismatch(f"{path} was written by a different job configuration")
-        for plan in plans[: state["epoch"]]:  # re-add groups in the order they joined
-            apply_plan(model, plan)
-            sync_optimizer(optimizer, model, plan)
-        load_trainable_state(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, step, history = state["epoch"], state["step"], state["history"]
-        best, bad_epochs = state["best"], state["bad_epochs"]
-        ckpt.set_rng_state(state["rng"])
-        log.info("resumed from %s after epoch %d", path, start)
-    stopped = (
-        bool(history)
-        and o.early_stopping_patience is not None
-        and bad_epochs >= o.early_stopping_patience
+    # Resume from the checkpoint in work_dir, or start afresh.
+    checkpoints = Checkpoints(
+        work_dir,
+        model=model,
+        plans=plans,
+        fingerprint={
+            "plans": [p.to_dict() for p in plans],
+            "options": asdict(o),
+            **(fingerprint or {}),
+        },
     )
+    resumed = checkpoints.resume(model=model, optimizer=optimizer, plans=plans)
+    progress = resumed if resumed is not None else Progress.fresh(checkpoints.weights())
+    stopped = bool(progress.history) and progress.out_of_patience(o.early_stopping_patience)
 
-    def save(epoch: int) -> None:
-        """Checkpoint after `epoch` epochs (0: after the probe)."""
-        ckpt.save_checkpoint(
-            path,
-            {
-                "fingerprint": fingerprint,
-                "epoch": epoch,
-                "step": step,
-                "model": trainable_state(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": {"name": o.scheduler, "step": step},
-                "best": best,
-                "bad_epochs": bad_epochs,
-                "history": history,
-                "rng": ckpt.rng_state(),
-                "refit": refit_head,
-            },
-        )
+    def save() -> None:
+        checkpoints.save(progress, optimizer=optimizer, scheduler=o.scheduler)
 
-    # ---- the exact probe: the head at its optimum on the frozen backbone's features
+    # The exact probe: the history's epoch 0 (see above). Probe-only: the whole job.
     head_only = all(p.trainable_groups() == ["head"] for p in plans)
     probe_only = o.probe and head_only and level == model.pooled_level
-    # Refit: once validation has chosen C, the head is fitted again on train + val with
-    # it. Validation metrics stay those of the train-only head (the one it chose); only
-    # the test split, never seen, measures the refitted one.
-    refit_head = state.get("refit") if state is not None else None
-    if o.probe and state is None:
+    if o.probe and resumed is None:
         check_stop()
         t0 = time.perf_counter()
-        tx, vx = probe_features()
-        fitted = objective.probe(tx, data.train.labels, vx, data.val.labels, seed=o.seed)
-        _set_head(model, fitted.weight, fitted.bias)
-        if probe_only and o.refit:
-            both = objective.probe(
-                torch.cat([tx, vx]),
-                torch.cat([data.train.labels, data.val.labels]),
-                vx,
-                data.val.labels,
-                seed=o.seed,
-                grid=(fitted.C,),
-            )
-            refit_head = {"weight": both.weight, "bias": both.bias}
-        best = {
+        tx, vx = probe_features(frozen, train_in, val_in, data)
+        fitted, progress.refit = fit_probe(
+            model=model,
+            objective=objective,
+            train_x=tx,
+            val_x=vx,
+            data=data,
+            seed=o.seed,
+            refit=probe_only and o.refit,
+        )
+        progress.best = {
             "epoch": 0,
             "val_score": fitted.val_score,
             "val_loss": fitted.val_loss,
-            "state": trainable_state(),
+            "state": checkpoints.weights(),
         }
-        report = {
-            "epoch": 0,
-            "epochs": 0 if probe_only else len(plans),  # probe-only: no epoch follows
-            "stage": "probe",
-            "train_loss": fitted.objective,
-            "val_loss": fitted.val_loss,
-            "val_score": fitted.val_score,
-            f"val_{score_name}": fitted.val_score,
-            "seconds": time.perf_counter() - t0,
-            "eta_seconds": None,
-            "C": fitted.C,
-            "grid": fitted.grid,
-            "iterations": fitted.iterations,
-            "trainable_params": count_params(model.head),
-            "refit": refit_head is not None,
-        }
-        history.append(report)
-        save(0)
+        report = _probe_report(
+            fitted,
+            epochs=0 if probe_only else len(plans),  # probe-only: no epoch follows
+            score_name=objective.score_name,
+            seconds=time.perf_counter() - t0,
+            model=model,
+            refit=progress.refit is not None,
+        )
+        progress.history.append(report)
+        save()
         on_epoch(report)
 
-    # ---- epochs
-    epoch_seconds = [h["seconds"] for h in history if h.get("stage") != "probe"]
+    # The epochs.
+    epoch_seconds = [h["seconds"] for h in progress.history if h.get("stage") != "probe"]
+    runtime = frozen.runtime(used=level >= 0)
     # A linear head on cached feature vectors is too little work per step to split over
     # threads: the hand-offs cost more than the math (most of all on a shared CPU).
-    single = level == model.pooled_level and not cuda
+    single = level == model.pooled_level and not feed.cuda
     with _threads(1) if single else contextlib.nullcontext():
         last = len(plans) if stop_after is None else min(len(plans), stop_after)
-        for epoch in range(start, 0 if stopped or probe_only else last):
+        for epoch in range(progress.epoch, 0 if stopped or probe_only else last):
             t0 = time.perf_counter()
             plan = plans[epoch]
             apply_plan(model, plan)
             sync_optimizer(optimizer, model, plan)
-            set_train_mode(model, plan, train_bn=o.train_bn)
-            order = torch.randperm(
-                len(train_in), generator=torch.Generator().manual_seed(o.seed * 7919 + epoch)
+            train_loss, seen, progress.step = train_one_epoch(
+                model=model,
+                objective=objective,
+                optimizer=optimizer,
+                data=train_in,
+                feed=feed,
+                plan=plan,
+                epoch=epoch,
+                step=progress.step,
+                factor=factor,
+                options=o,
+                check_stop=check_stop,
             )
-            loss_sum, seen = 0.0, 0
-            for b in _batches(len(train_in), o.batch_size, order):
-                check_stop()
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * factor(step)
-                y = to_device(train_in.labels[b])
-                with amp:
-                    logits = logits_of(train_in, b, train=True)
-                loss = objective.loss(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                loss_sum += float(loss.detach()) * len(b)
-                seen += len(b)
-
             train_seconds = time.perf_counter() - t0
-            epoch_pred, val_loss = predict(val_in)
-            val_score = objective.score(epoch_pred, val_in.labels)
-            # Ties in the score (common on small val sets) go to the lower loss.
-            if (val_score, -val_loss) > (best["val_score"], -best["val_loss"]):
-                best = {
-                    "epoch": epoch + 1,
-                    "val_score": val_score,
-                    "val_loss": val_loss,
-                    "state": trainable_state(),
-                }
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
+            val_pred, val_loss = validate(data=val_in)
+            val_score = objective.score(val_pred, val_in.labels)
+            progress.keep_if_best(
+                epoch=epoch + 1, val_score=val_score, val_loss=val_loss, weights=checkpoints.weights
+            )
 
             epoch_seconds.append(time.perf_counter() - t0)
             report = _epoch_report(
                 epoch=epoch,
                 plans=plans,
                 model=model,
-                train_loss=loss_sum / max(1, seen),
+                train_loss=train_loss,
                 val_loss=val_loss,
                 val_score=val_score,
-                score_name=score_name,
+                score_name=objective.score_name,
                 epoch_seconds=epoch_seconds,
             )
             # The training steps alone (no validation), for throughput: len(train) / this.
             report["train_seconds"] = train_seconds
             report["train_samples"] = seen
-            stored = feature_runtime.get("runtime", "stored")  # no pass ran: read from disk
-            report["runtime"] = (features is not None and stored) or (
-                "eager_channels_last" if channels_last else "eager"
-            )
-            if cached is not None:  # the frozen pass: choosing its runtime, then running it
-                report["frozen_pass"] = {k: feature_runtime.get(k) for k in FROZEN_PASS_KEYS}
-            history.append(report)
-            stopped = (
-                o.early_stopping_patience is not None and bad_epochs >= o.early_stopping_patience
-            )
+            report["runtime"] = runtime
+            if "seconds" in frozen.info:  # the frozen pass: choosing its runtime, then running it
+                report["frozen_pass"] = {k: frozen.info.get(k) for k in FROZEN_PASS_KEYS}
+            progress.history.append(report)
+            progress.epoch = epoch + 1
+            stopped = progress.out_of_patience(o.early_stopping_patience)
             # Checkpoint before reporting: a crash in between repeats a report (same epoch
             # number, the consumer can dedupe) rather than losing an epoch.
-            save(epoch + 1)
+            save()
             on_epoch(report)
             if stopped:
-                log.info("early stop after epoch %d (best %d)", epoch + 1, best["epoch"])
+                log.info("early stop after epoch %d (best %d)", epoch + 1, progress.best["epoch"])
                 break
 
-    load_trainable_state(best["state"])
-    val_pred, _ = predict(val_in)
+    # The best epoch's weights; the validated head's outputs; the test split once.
+    checkpoints.load_weights(progress.best["state"])
+    val_pred, _ = validate(data=val_in)
     extra = objective.finish(val_pred, val_in.labels)  # from the validated head, not a refit
-    if refit_head is not None:
-        _set_head(model, refit_head["weight"], refit_head["bias"])
-    test_pred = predict(test_in)[0] if test_in is not None else None
+    if progress.refit is not None:
+        _set_head(model, progress.refit["weight"], progress.refit["bias"])
+    test_pred = validate(data=test_in)[0] if test_in is not None else None
+    best = progress.best
     return FitResult(
-        history=history,
+        history=progress.history,
         best_epoch=best["epoch"],
         best_val_score=best["val_score"],
         best_val_loss=best["val_loss"],

@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from app.training import atomic
+
 log = logging.getLogger(__name__)
 
 ONNX = "onnxruntime"
@@ -156,10 +158,7 @@ def export_onnx(
             opset_version=17,
             dynamic_axes={"x": {d: f"d{d}" for d in dynamic}, "y": {0: "d0"}},
         )
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return atomic.write_bytes(path, buf.getvalue())
 
 
 def onnx_path(module: nn.Module, example: torch.Tensor, cache_dir: Path, salt: str = "") -> Path:
@@ -254,11 +253,8 @@ def _load_choices(path: Path) -> dict[str, str]:
 
 def _save_choice(path: Path, key: str, name: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         choices = _load_choices(path) | {key: name}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(choices, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps(choices, indent=1, sort_keys=True))
     except OSError as exc:  # a read-only cache only costs a trial next time
         log.warning("could not record the runtime choice in %s: %s", path, exc)
 

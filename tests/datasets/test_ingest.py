@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import gzip
 import io
@@ -22,8 +21,6 @@ from app.datasets.ingest import (
     ingest_csv,
     ingest_dataset,
     ingest_image_archive,
-    save_upload,
-    save_upload_stream,
     sniff_format,
 )
 from tests.datasets.conftest import (
@@ -594,60 +591,23 @@ def test_csv_limits_and_task(tmp_path):
 
 
 def test_ingest_dataset_dispatches_by_content(digits, tmp_path):
+    # The API's one dispatch (datasets/service.py calls it): the format from the bytes,
+    # not the name; the task as given, or inferred.
     src = write_csv(tmp_path / "t.zip", text_rows())
     m = ingest_dataset(path=src, dest_dir=tmp_path / "a", task="text_classification")
     assert m["task"] == "text_classification"
-    with pytest.raises(IngestError) as err:
-        ingest_dataset(path=src, dest_dir=tmp_path / "b")
-    assert err.value.code == "missing_task"
+    # No task: a CSV with the text column is text; without it, tabular.
+    assert ingest_dataset(path=src, dest_dir=tmp_path / "b")["task"] == "text_classification"
+    m = ingest_dataset(path=src, dest_dir=tmp_path / "b2", text_column="body")
+    assert m["task"] == "tabular_classification" and "text" in m["feature_columns"]
     archive = write_zip(tmp_path / "d.csv", imagefolder(digits))
-    assert ingest_dataset(path=archive, dest_dir=tmp_path / "c")["num_samples"] == 30
-    with pytest.raises(IngestError) as err:
-        ingest_dataset(path=archive, dest_dir=tmp_path / "d", task="text_classification")
-    assert err.value.code == "unsupported_format"
-
-
-# --- uploads -------------------------------------------------------------------------
-
-
-def test_save_upload_sync(tmp_path):
-    dest = tmp_path / "up.bin"
-    assert save_upload(iter([b"ab", b"cd"]), dest, max_bytes=4) == 4
-    assert dest.read_bytes() == b"abcd"
-    with pytest.raises(IngestError) as err:
-        save_upload(iter([b"ab", b"cd", b"e"]), dest, max_bytes=4)
-    assert (err.value.code, err.value.status) == ("upload_too_large", 413)
-    assert not dest.exists()
-
-
-def test_save_upload_async_stops_early_and_cleans_up(tmp_path):
-    produced = []
-
-    async def chunks(n):
-        for _ in range(n):
-            produced.append(1)
-            yield bytes(256 * 1024)
-
-    dest = tmp_path / "up.bin"
-    assert asyncio.run(save_upload_stream(chunks(10), dest, max_bytes=10 * 256 * 1024)) == 2621440
-    assert dest.stat().st_size == 2621440
-    produced.clear()
-    with pytest.raises(IngestError) as err:
-        asyncio.run(save_upload_stream(chunks(1000), dest, max_bytes=1024 * 1024))
-    assert (err.value.code, err.value.status) == ("upload_too_large", 413)
-    assert len(produced) == 5  # stopped reading as soon as the cap was passed
-    assert not dest.exists()
-
-
-def test_save_upload_removes_partial_file_when_the_client_goes_away(tmp_path):
-    async def chunks():
-        yield b"partial"
-        raise ConnectionResetError("client disconnected")
-
-    dest = tmp_path / "up.bin"
-    with pytest.raises(ConnectionResetError):
-        asyncio.run(save_upload_stream(chunks(), dest, max_bytes=1024))
-    assert not dest.exists()
+    m = ingest_dataset(path=archive, dest_dir=tmp_path / "c")
+    assert (m["task"], m["num_samples"]) == ("image_classification", 30)
+    for path, task in ((archive, "text_classification"), (src, "image_classification")):
+        with pytest.raises(IngestError) as err:
+            ingest_dataset(path=path, dest_dir=tmp_path / "d", task=task)
+        assert (err.value.code, err.value.field) == ("task_mismatch", "task")
+    assert not (tmp_path / "d").exists()
 
 
 def test_csv_windows_line_ends(tmp_path):

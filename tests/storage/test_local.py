@@ -26,3 +26,25 @@ def test_sweep_removes_only_old_scratch(tmp_path):
     assert sorted(removed) == sorted([old_upload, old_partial])
     assert not old_upload.exists() and not old_partial.exists()
     assert fresh_upload.exists() and dataset.exists()
+
+
+def test_copy_bounded_refuses_an_upload_past_the_limit_as_it_reads(tmp_path):
+    # The one upload writer (datasets and base-model uploads): it stops reading at the cap.
+    import hashlib
+    import io
+
+    import pytest
+
+    from app.core.errors import ApiError
+    from app.storage.local import CHUNK, copy_bounded
+
+    digest = hashlib.sha256()
+    dest = tmp_path / "sub" / "up.bin"
+    assert copy_bounded(io.BytesIO(b"abcd"), dest, max_bytes=4, digest=digest) == 4
+    assert dest.read_bytes() == b"abcd"
+    assert digest.hexdigest() == hashlib.sha256(b"abcd").hexdigest()
+    src = io.BytesIO(bytes(10 * CHUNK))
+    with pytest.raises(ApiError) as err:
+        copy_bounded(src, dest, max_bytes=2 * CHUNK)
+    assert (err.value.code, err.value.status) == ("upload_too_large", 413)
+    assert src.tell() == 3 * CHUNK  # the rest was never read

@@ -68,3 +68,31 @@ def test_bad_files_and_escaping_paths_are_refused(tmp_path: Path) -> None:
     (ds / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DatasetError, match="escapes"):
         load_dataset(ds, image_size=16, cache_dir=tmp_path / "c")
+
+
+def test_every_modality_loads_into_the_data_protocol(digits_small: Path, tmp_path: Path) -> None:
+    # The loop reads a dataset only through data.TrainData; each loader must give one.
+    from app.datasets.ingest import ingest_dataset
+    from app.training import tabular, text
+    from app.training.data import SplitData, TrainData
+    from tests.csvdata import iris_csv, topics_csv
+
+    loaded = [load_dataset(digits_small, image_size=32, cache_dir=tmp_path)]
+    ingest_dataset(
+        path=iris_csv(tmp_path / "iris.csv"), dest_dir=tmp_path / "iris", task=tabular.TASK
+    )
+    loaded.append(tabular.load_tabular_dataset(tmp_path / "iris", task=tabular.TASK))
+    if text.package_dir() is not None:
+        ingest_dataset(
+            path=topics_csv(tmp_path / "t.csv"),
+            dest_dir=tmp_path / "topics",
+            task=text.TASK,
+            label_column="topic",
+            text_column="sentence",
+        )
+        loaded.append(text.load_text_dataset(tmp_path / "topics", max_length=16, task=text.TASK))
+    for data in loaded:
+        assert isinstance(data, TrainData), type(data)
+        for split in (data.train, data.val, data.test):
+            assert isinstance(split, SplitData), type(split)
+            assert len(split) == len(split.inputs) == len(split.labels) > 0

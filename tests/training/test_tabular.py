@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from app.datasets.ingest import ingest_dataset
-from app.training.api import TrainConfig, load_artifact, train
+from app.training.api import TrainConfig, train
+from app.training.artifact import load_artifact
 from app.training.errors import InvalidInput
 from app.training.inference import TabularPredictor, load_predictor
 from app.training.tabular import encode_rows, fit_preprocessing

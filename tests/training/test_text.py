@@ -13,7 +13,8 @@ import torch
 
 from app.datasets.ingest import ingest_dataset
 from app.training import text
-from app.training.api import TrainConfig, load_artifact, train
+from app.training.api import TrainConfig, train
+from app.training.artifact import load_artifact
 from app.training.build import build_model
 from app.training.errors import InvalidInput
 from app.training.inference import TextPredictor, load_predictor
