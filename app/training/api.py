@@ -311,8 +311,6 @@ def train(
     )
 
 
-
-
 def _load_image(dataset_dir: Path, *, config: TrainConfig, cache_dir: Path, init_config, task):
     return load_dataset(
         dataset_dir,
