@@ -9,9 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from app.training import checkpoint as ckpt
 from app.training.api import TrainConfig, train
 from app.training.build import build_model
 from app.training.errors import InvalidConfig
+from app.training.freeze import group_modules
+from tests.training.conftest import make_digits_dataset
 
 
 @pytest.mark.slow
@@ -63,16 +66,59 @@ def test_auto_halves_from_the_probe_and_trains_the_best(digits_small: Path, tmp_
     assert sum(e["epochs"] for e in others) <= config.auto_budget_epochs
     assert len([e for e in others if e["rung"] == 1]) <= 2
     assert {r["phase"] for r in reports if r.get("candidate") is not None} == {"search"}
-    # The final run: the probe, then the winner's epochs; never worse than the probe.
+    # Never worse than the probe; the winner's own run is the model.
     final = [r for r in reports if r.get("phase") != "search"]
-    assert final[0]["stage"] == "probe" and result.history[0]["stage"] == "probe"
+    assert result.history[0]["stage"] == "probe"
     assert result.val_metrics["accuracy"] >= probe["val_accuracy"] - 1e-9
     assert result.strategy == board[0]["strategy"]
-    if board[0].get("stage") != "probe":
-        assert len(final) == 3 and len(result.history) == 3
-        trained = {s["group"] for s in final[1]["schedule"] if s["trainable"]}
-        expected = {"partial": 1 + board[0]["trainable_blocks"], "full": 5, "progressive": 2}
-        assert len(trained) == expected[board[0]["strategy"]]
+    if board[0].get("stage") == "probe":
+        assert [r.get("stage") for r in final] == ["probe"]
+    else:
+        assert final == [] and len(result.history) == board[0]["epochs"] + 1
+
+
+@pytest.mark.slow
+def test_the_winner_is_the_model_where_the_search_left_it(tmp_path: Path) -> None:
+    """No retraining after the search: the winning candidate's best epoch, read back from
+    its checkpoint, is evaluated on test and saved as the model."""
+    config = TrainConfig(
+        base_model="tiny_cnn",
+        pretrained=False,  # random features: a trained candidate wins (seeded)
+        strategy="auto",
+        learning_rate=0.02,
+        image_size=32,
+        batch_size=16,
+        auto_budget_epochs=6,
+        device="cpu",
+    )
+    digits = make_digits_dataset(tmp_path / "d", train_per_class=40, test_per_class=4, size=32)
+    reports = []
+    result = train(
+        config=config,
+        dataset_dir=digits,
+        work_dir=tmp_path / "w",
+        cache_dir=tmp_path / "c",
+        on_epoch=reports.append,
+    )
+    win = result.leaderboard[0]
+    assert win.get("stage") != "probe", result.leaderboard
+    assert all(r.get("phase") == "search" for r in reports)  # nothing trained after it
+    assert len(result.history) == win["epochs"] + 1 and result.best_epoch == win["best_epoch"]
+    assert result.val_metrics["accuracy"] == pytest.approx(win["val_accuracy"])
+    # The saved weights are the candidate's best epoch, as its checkpoint keeps them.
+    cand_dir = tmp_path / "w" / "auto" / f"candidate-{win['candidate']}"
+    state = ckpt.load_checkpoint(cand_dir / ckpt.CHECKPOINT_NAME)
+    saved = load_file(result.artifact_dir / "model.safetensors")
+    model = build_model(
+        base_model="tiny_cnn", num_classes=len(result.classes), pretrained=False, state_dict=saved
+    )
+    groups = group_modules(model)
+    best = state["best"]["state"]
+    assert best, "the checkpoint keeps the trained groups"
+    for key, value in best.items():
+        group, name = key.split(".", 1)
+        torch.testing.assert_close(groups[group].state_dict()[name], value)
+    assert result.metrics["accuracy"] > 1.5 / len(result.classes)  # better than chance
 
 
 def test_a_seconds_budget_stops_the_search_after_the_probe(
