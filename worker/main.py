@@ -8,6 +8,7 @@ from celery.signals import worker_ready, worker_shutdown
 from app.core.config import get_settings
 from app.jobs.queue import QUEUE, make_celery
 from app.ops.supervisor import Heartbeat, die_with_parent
+from app.training.warm import warm_up_in_background
 
 
 def run() -> None:
@@ -20,6 +21,8 @@ def run() -> None:
         torch.set_num_threads(settings.torch_threads)
     app = make_celery(settings)
     import worker.tasks  # registers the task on the app
+
+    warm_up_in_background()  # the first job's torch._dynamo and ONNX Runtime imports
 
     # A heartbeat file while the worker consumes: /readyz's sign of a live worker.
     beat = Heartbeat(settings.workers_dir, worker.tasks.WORKER_ID, settings.heartbeat_seconds)
