@@ -32,6 +32,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from app.core.db import get_sessionmaker
+from app.registry import service as registry
 from app.training.inference import (
     Predictor,
     TabularPredictor,
@@ -309,6 +311,20 @@ class ModelCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def model_info(models: ModelCache, model_id: str) -> ModelInfo | None:
+    """The model's row as predict needs it, read once and then remembered by the cache
+    (blocking: run it off the event loop); None when there is no such model."""
+    with get_sessionmaker()() as session:
+        model = registry.find(session=session, model_id=model_id)
+        if model is None:
+            return None
+        return models.remember(
+            ModelInfo(
+                id=model.id, owner_id=model.owner_id, task=model.task, classes=tuple(model.classes)
+            )
+        )
 
 
 def _release() -> None:

@@ -93,6 +93,12 @@ class Predictor(_TaskOutput):
     @classmethod
     def load(cls, artifact_dir: Path, device: str = "cpu") -> Predictor:
         config, state = load_artifact(artifact_dir)
+        return cls.from_artifact(config, state, device)
+
+    @classmethod
+    def from_artifact(cls, config: dict, state: dict, device: str = "cpu") -> Predictor:
+        """The predictor of an artifact already read (load_artifact): its weights are
+        read from disk once, by the caller."""
         model = build_model(
             base_model=config["architecture"],
             num_classes=config["num_classes"],
@@ -338,7 +344,7 @@ class TabularPredictor(_TensorPredictor):
 
 
 def _load_image(artifact_dir: Path, config: dict, state: dict, device: str) -> Predictor:
-    return Predictor.load(artifact_dir, device=device)
+    return Predictor.from_artifact(config, state, device)
 
 
 def _tensor_model(config: dict, state: dict, device: str) -> dict:
