@@ -70,7 +70,6 @@ async def lifespan(app: FastAPI):
     app.state.models = ModelCache(
         capacity=settings.model_cache_size,
         max_batch=settings.predict_max_batch,
-        max_delay=settings.predict_max_delay_ms / 1000,
     )
     reconciler = Reconciler(settings)
     reconciler.start()

@@ -118,16 +118,15 @@ class PredictFastPath:
             return await self.app(scope, receive, send)
         body = bytearray()
         try:
-            with batcher.arrival() as arrival:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    body += message.get("body", b"")
-                    if not message.get("more_body", False):
-                        break
-                inputs, top_k = await self._inputs(bytes(body), ctype, batcher, info)
-                predictions = await batcher.submit(inputs, top_k, arrival)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+            prepared, top_k = await self._inputs(bytes(body), ctype, batcher, info)
+            predictions = await batcher.submit(prepared, top_k)
         except (_Fallback, ApiError, Exception):  # noqa: BLE001 - the route answers it
             return await self.app(scope, _replay(bytes(body), receive), send)
         scope["route"] = ROUTE

@@ -75,13 +75,12 @@ async def predict(
         body = inputs.json_body(await request.body(), info.task)
     # A first load (seconds of CPU) runs off the event loop, once however many wait.
     batcher = models.peek(info.id) or await models.aget(info.id, storage.model_dir(info.id))
-    with batcher.arrival() as arrival:
-        if body is None:
-            prepared, top_k = await _image_inputs(request, batcher.predictor, len(info.classes))
-        else:
-            top_k = inputs.top_k(body.get("top_k"), len(info.classes))
-            prepared = batcher.predictor.check(body["inputs"])
-        predictions = await batcher.submit(prepared, top_k, arrival)
+    if body is None:
+        prepared, top_k = await _image_inputs(request, batcher.predictor, len(info.classes))
+    else:
+        top_k = inputs.top_k(body.get("top_k"), len(info.classes))
+        prepared = batcher.predictor.check(body["inputs"])
+    predictions = await batcher.submit(prepared, top_k)
     return {"model_id": info.id, "predictions": predictions}
 
 
