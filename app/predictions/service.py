@@ -62,6 +62,10 @@ def _runtime(predictor) -> str:
     return getattr(predictor, "runtime", "eager")
 
 
+# Inputs queued for a second pass to start beside a running one.
+MIN_SIDE = 4
+
+
 @dataclass
 class _Pending:
     """A submitted request: its inputs, answered in slices by one or more passes."""
@@ -108,8 +112,9 @@ class Batcher:
         self._queued_inputs = 0
         self._cond = threading.Condition()
         self._closed = False
-        self._workers = 0  # threads running
+        self._workers = 0  # threads started
         self._idle = 0  # of which waiting for work
+        self._running = 0  # passes running
 
     def _want_workers(self) -> int:
         return max(1, int(getattr(self.predictor, "parallel_runs", 1)))
@@ -127,30 +132,42 @@ class Batcher:
             self._cond.notify()
         return await pending.future
 
+    def _ready(self) -> bool:
+        """Whether a free worker should start a pass now: always when no pass runs (the
+        runtime is free), and beside a running pass only with MIN_SIDE inputs or more
+        queued (a pass of one or two images costs nearly as much as one of four)."""
+        if not self._queue:
+            return False
+        return self._running == 0 or self._queued_inputs >= MIN_SIDE
+
     def _next_batch(self) -> list[tuple[_Pending, int, int]] | None:
         """[(request, start, end)] slices of queued requests for one pass; None once
         closed and drained (the worker ends)."""
         with self._cond:
             self._idle += 1
-            while not self._queue and not self._closed:
+            while not self._closed and not self._ready():
                 self._cond.wait()
             self._idle -= 1
             if not self._queue:
                 self._workers -= 1
                 return None
-            # Share what is queued with the workers that are free too.
-            share = -(-self._queued_inputs // (1 + self._idle))
-            room = min(self.max_batch, share)
+            # Shared with the other free workers when each gets MIN_SIDE inputs or more.
+            n = self._queued_inputs
+            room = n
+            if self._idle and n >= 2 * MIN_SIDE:
+                room = max(MIN_SIDE, -(-n // (1 + self._idle)))
+            room = min(self.max_batch, room)
             batch = []
             while self._queue and room > 0:
                 p = self._queue[0]
-                n = min(room, len(p.inputs) - p.taken)
-                batch.append((p, p.taken, p.taken + n))
-                p.taken += n
-                room -= n
+                k = min(room, len(p.inputs) - p.taken)
+                batch.append((p, p.taken, p.taken + k))
+                p.taken += k
+                room -= k
                 if p.taken == len(p.inputs):
                     self._queue.popleft()
             self._queued_inputs -= sum(end - start for _, start, end in batch)
+            self._running += 1
             if self._queue:
                 self._cond.notify()  # the rest for another free worker
             return batch
@@ -170,6 +187,7 @@ class Batcher:
         outcomes = []
         offset = 0
         with self._cond:
+            self._running -= 1
             for p, start, end in batch:
                 if error is not None:
                     if not p.failed:
