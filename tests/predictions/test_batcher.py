@@ -93,6 +93,27 @@ def test_a_large_request_is_split_over_free_workers_and_put_back_in_order() -> N
     batcher.close()
 
 
+def test_a_second_pass_starts_beside_a_running_one_only_for_enough_inputs() -> None:
+    """Two images queued while a pass runs wait for it (a pass of one or two images costs
+    nearly as much as one of four); four or more start a second pass at once."""
+    recorder = Recorder(delay=0.2, parallel_runs=2)
+    batcher = Batcher(recorder, max_batch=16)
+
+    async def after(delay: float, n: int) -> list[dict]:
+        await asyncio.sleep(delay)
+        return await batcher.submit(list(range(n)), 1)
+
+    async def main(n: int) -> None:
+        await asyncio.gather(after(0, 1), after(0.05, n))
+
+    asyncio.run(main(2))
+    assert recorder.batches == [1, 2] and recorder.most_running == 1
+    recorder.batches.clear()
+    asyncio.run(main(4))
+    assert recorder.batches == [1, 4] and recorder.most_running == 2
+    batcher.close()
+
+
 def test_one_worker_unless_the_predictor_runs_passes_side_by_side() -> None:
     recorder = Recorder(delay=0.05)
     batcher = Batcher(recorder, max_batch=2)
