@@ -52,9 +52,6 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),
-        # Requests are counted and timed by the Metrics middleware; a log line per
-        # request would be CPU the 2-core predict path does not have.
-        access_log=False,
     )
     try:
         _server_class()(config).run()
