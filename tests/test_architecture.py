@@ -98,9 +98,7 @@ def datasets_ask_jobs_by_function(edges: Iterable[Edge]) -> list[Edge]:
 
 
 def registry_does_not_import_predict(edges: Iterable[Edge]) -> list[Edge]:
-    return [
-        (a, b) for a, b in edges if within(a, "app.registry") and within(b, "app.predictions")
-    ]
+    return [(a, b) for a, b in edges if within(a, "app.registry") and within(b, "app.predictions")]
 
 
 def predict_asks_the_registry_by_function(edges: Iterable[Edge]) -> list[Edge]:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from app.training import inference
 from app.training.api import TrainConfig, train
 from app.training.errors import InvalidInput
-from app.training import inference
 from app.training.inference import Predictor, decode_image, load_predictor
 from app.training.presets import EvalPreset
 
