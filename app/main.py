@@ -20,6 +20,7 @@ from app.ops.health import router as health_router
 from app.ops.metrics import Metrics
 from app.ops.metrics import router as metrics_router
 from app.predictions.fastpath import PredictFastPath
+from app.predictions.router import router as predict_router
 from app.predictions.service import ModelCache
 from app.registry.base_models_router import router as base_models_router
 from app.registry.router import router as models_router
@@ -69,7 +70,6 @@ async def lifespan(app: FastAPI):
     app.state.models = ModelCache(
         capacity=settings.model_cache_size,
         max_batch=settings.predict_max_batch,
-        max_delay=settings.predict_max_delay_ms / 1000,
     )
     reconciler = Reconciler(settings)
     reconciler.start()
@@ -99,6 +99,7 @@ def create_app() -> FastAPI:
         datasets_router,
         jobs_router,
         models_router,
+        predict_router,
         base_models_router,
         admin_router,
         webhooks_router,

@@ -12,6 +12,9 @@ The rules:
   `finetune worker` command, app.cli, starts the consumer through worker.main;
 - `app.datasets` does not read the jobs table (`app.jobs.models`): it asks
   app.jobs.service.dataset_in_use;
+- `app.registry` (models, the report, export) does not import `app.predictions`: predict
+  is its own package, built on the registry, never the reverse; and `app.predictions`
+  reads a model's row through app.registry.service, not the table (`app.registry.models`);
 - `app.training` (the engine) imports neither FastAPI, Celery, kombu, SQLAlchemy nor
   Alembic, and nothing of `app` outside `app.training`.
 """
@@ -94,6 +97,20 @@ def datasets_ask_jobs_by_function(edges: Iterable[Edge]) -> list[Edge]:
     return [(a, b) for a, b in edges if within(a, "app.datasets") and within(b, "app.jobs.models")]
 
 
+def registry_does_not_import_predict(edges: Iterable[Edge]) -> list[Edge]:
+    return [(a, b) for a, b in edges if within(a, "app.registry") and within(b, "app.predictions")]
+
+
+def predict_asks_the_registry_by_function(edges: Iterable[Edge]) -> list[Edge]:
+    return [
+        (a, b)
+        for a, b in edges
+        if within(a, "app.predictions")
+        and within(b, "app.registry")
+        and not within(b, "app.registry.service")
+    ]
+
+
 def engine_is_pure(edges: Iterable[Edge]) -> list[Edge]:
     def forbidden(b: str) -> bool:
         if within(b, "app"):
@@ -107,6 +124,8 @@ RULES: dict[str, Callable[[Iterable[Edge]], list[Edge]]] = {
     "core imports no domain package": core_imports_no_domain,
     "app never imports worker": app_never_imports_worker,
     "datasets ask jobs by function, not its table": datasets_ask_jobs_by_function,
+    "the registry does not import predict": registry_does_not_import_predict,
+    "predict asks the registry by function, not its table": predict_asks_the_registry_by_function,
     "the engine imports no web, queue or SQL, and no app outside app.training": engine_is_pure,
 }
 
@@ -122,6 +141,7 @@ def test_the_graph_is_read(graph):
     assert ("app.jobs.router", "app.jobs.queue") in graph
     assert ("app.training.api", "app.training.errors") in graph
     assert ("app.cli", "worker.main") in graph  # a lazy import, inside a function
+    assert ("app.predictions.service", "app.registry.service") in graph
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -151,6 +171,14 @@ BREACHES = {
     "datasets ask jobs by function, not its table": (
         {"app/datasets/service.py": "from app.jobs import models\n", "app/jobs/models.py": ""},
         ("app.datasets.service", "app.jobs.models"),
+    ),
+    "the registry does not import predict": (
+        {"app/registry/router.py": "from app.predictions.service import ModelCache\n"},
+        ("app.registry.router", "app.predictions.service"),
+    ),
+    "predict asks the registry by function, not its table": (
+        {"app/predictions/service.py": "from ..registry.models import Model\n"},
+        ("app.predictions.service", "app.registry.models"),
     ),
     "the engine imports no web, queue or SQL, and no app outside app.training": (
         {"app/training/loop.py": "from ..core import db\nimport sqlalchemy.orm\n"},

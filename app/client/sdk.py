@@ -32,9 +32,9 @@ from app.core.schemas import Page
 from app.datasets.schemas import DatasetOut as Dataset
 from app.jobs.schemas import JobEventOut as JobEvent
 from app.jobs.schemas import JobOut as Job
+from app.predictions.schemas import PredictResponse
 from app.registry.schemas import BaseModelOut as BaseModel
 from app.registry.schemas import ModelOut as Model
-from app.registry.schemas import PredictResponse
 from app.training.atomic import atomic_path
 from app.webhooks.schemas import DeliveryOut as Delivery
 from app.webhooks.schemas import WebhookCreated, WebhookOut

@@ -41,7 +41,6 @@ class Settings(BaseSettings):
     # /readyz waits at most this long for each of its checks.
     ready_timeout_seconds: float = 3.0
     predict_max_batch: int = 16
-    predict_max_delay_ms: float = 5.0
     model_cache_size: int = 4
     # A key that authenticated is trusted this long without a database read; a key
     # revoked by the CLI or another API process stops working within it (0: read always).

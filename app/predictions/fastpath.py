@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from app.core.errors import ApiError
-from app.registry import router as predict_route
+from app.predictions import inputs
 
 ANSWERED = Counter(
     "finetune_predict_fastpath", "Predict requests answered by the lean path (not the route)"
@@ -49,7 +49,7 @@ class _Fallback(Exception):
 
 
 def parse_multipart(body: bytes, content_type: bytes) -> tuple[list, bytes | None] | None:
-    """([(filename, data)], top_k or None) of a plain form of `files` and `top_k`, or None
+    """([Upload(filename, data)], top_k or None) of a plain form of `files` and `top_k`, or None
     when the form is anything else (the route then parses and judges it)."""
     m = re.search(rb'boundary="?([^";,\s]+)"?', content_type)
     if m is None:
@@ -75,14 +75,14 @@ def parse_multipart(body: bytes, content_type: bytes) -> tuple[list, bytes | Non
             return None
         if name.group(1) == b"files" and filename is not None:
             try:
-                files.append((filename.group(1).decode(), data))
+                files.append(inputs.Upload(filename.group(1).decode(), data))
             except UnicodeDecodeError:
                 return None
         elif name.group(1) == b"top_k" and filename is None and top_k is None:
             top_k = data
         else:
             return None
-    if not files or len(files) > predict_route.MAX_FILES:
+    if not files or len(files) > inputs.MAX_FILES:
         return None
     return files, top_k
 
@@ -118,16 +118,15 @@ class PredictFastPath:
             return await self.app(scope, receive, send)
         body = bytearray()
         try:
-            with batcher.arrival() as arrival:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    body += message.get("body", b"")
-                    if not message.get("more_body", False):
-                        break
-                inputs, top_k = await self._inputs(bytes(body), ctype, batcher, info)
-                predictions = await batcher.submit(inputs, top_k, arrival)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+            prepared, top_k = await self._inputs(bytes(body), ctype, batcher, info)
+            predictions = await batcher.submit(prepared, top_k)
         except (_Fallback, ApiError, Exception):  # noqa: BLE001 - the route answers it
             return await self.app(scope, _replay(bytes(body), receive), send)
         scope["route"] = ROUTE
@@ -156,16 +155,14 @@ class PredictFastPath:
         parsed = parse_multipart(body, ctype)
         if parsed is None:
             raise _Fallback
-        blobs, raw_top_k = parsed
-        top_k = predict_route._top_k(
+        files, raw_top_k = parsed
+        top_k = inputs.top_k(
             raw_top_k.decode() if raw_top_k is not None else None, len(info.classes)
         )
-        pixels = sum(predict_route._declared_pixels(data) for _, data in blobs)
-        if pixels > predict_route.MAX_PIXELS:
-            raise _Fallback  # the route answers the 413
-        if pixels <= predict_route.INLINE_DECODE_PIXELS:
-            return predict_route._prepared(batcher.predictor, blobs), top_k
-        return await asyncio.to_thread(predict_route._prepared, batcher.predictor, blobs), top_k
+        pixels = inputs.pixel_budget(files)  # over it: the route answers the 413
+        if pixels <= inputs.INLINE_DECODE_PIXELS:
+            return inputs.prepared_images(batcher.predictor, files), top_k
+        return await asyncio.to_thread(inputs.prepared_images, batcher.predictor, files), top_k
 
 
 def _replay(body: bytes, receive):

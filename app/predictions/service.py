@@ -4,12 +4,11 @@ A model's row (owner, task, classes) is remembered too, so a request for a cache
 reads nothing from the database: a trained model never changes and is never deleted.
 
 A request's inputs are decoded and checked in the request (images decoded and resized,
-text checked, tabular rows encoded: `predictor.check`). Each loaded model then has one
-batcher thread that runs every forward pass for it: it takes whatever requests are
-queued (up to `max_batch` inputs) the moment the previous pass ends, so it never waits
-for the event loop, and it waits up to `max_delay` for more only while other requests
-for the model are still being read (`Batcher.arrival`). A lone request therefore never
-waits, and a stream of them fills batches.
+text checked, tabular rows encoded: `predictor.check`). Each loaded model then has a
+batcher whose worker threads run every forward pass for it: a free worker takes what is
+queued (up to `max_batch` inputs) at once, so the runtime never idles while requests
+wait, a lone request never waits, and a stream of them fills batches. On the CPU there
+is one worker per core, each pass single-threaded (`Batcher`).
 
 A model is loaded once however many requests wait (`ModelCache`, single-flight), answers
 eager at once, and moves onto the fastest runtime for its device in the background
@@ -22,9 +21,7 @@ import contextlib
 import ctypes
 import gc
 import threading
-import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +29,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from app.core.db import get_sessionmaker
+from app.registry import service as registry
 from app.training.inference import (
     Predictor,
     TabularPredictor,
@@ -63,118 +62,156 @@ def _runtime(predictor) -> str:
     return getattr(predictor, "runtime", "eager")
 
 
+# Inputs queued for a second pass to start beside a running one.
+MIN_SIDE = 4
+
+
 @dataclass
 class _Pending:
+    """A submitted request: its inputs, answered in slices by one or more passes."""
+
     inputs: list[Any]
     top_k: int
     future: asyncio.Future = field(repr=False)
+    taken: int = 0  # inputs handed to a pass so far
+    results: list[Any] = field(default_factory=list, repr=False)
+    left: int = 0  # inputs not answered yet
+    failed: bool = False
 
-    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
-        """Hand the outcome to the request's event loop (called from the batcher thread)."""
-        self.future.get_loop().call_soon_threadsafe(_settle, self.future, result, error)
-
-
-class _Arrival:
-    """A request for the model that is being read and has not been submitted yet."""
-
-    submitted = False
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.inputs)
+        self.left = len(self.inputs)
 
 
-def _settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None):
-    if future.done():  # the request went away (client disconnected)
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _settle_all(outcomes: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        if future.done():  # the request went away (client disconnected)
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 class Batcher:
-    """Gathers concurrent requests for one model into batches, run by its own thread."""
+    """Gathers concurrent requests for one model into batches, run by its worker threads.
 
-    def __init__(self, predictor: AnyPredictor, *, max_batch: int, max_delay: float):
-        self.predictor, self.max_batch, self.max_delay = predictor, max_batch, max_delay
+    A worker that is free takes what is queued at once (up to `max_batch` inputs, shared
+    with the other free workers) and runs it: a lone request never waits, and requests
+    that arrive during a pass make the next one. There is no gathering window: a runtime
+    that waited for company would idle while requests wait.
+
+    `predictor.parallel_runs` workers run at once (runtime.py: each pass on one core, so
+    passes side by side use the cores with no intra-op barriers for the event loop and
+    the clients to stall). A request's inputs may be split over free workers, so one large
+    request uses every core too; its answer is put back together in input order."""
+
+    def __init__(self, predictor: AnyPredictor, *, max_batch: int):
+        self.predictor, self.max_batch = predictor, max_batch
         self._queue: deque[_Pending] = deque()
         self._queued_inputs = 0
-        self._arriving = 0
         self._cond = threading.Condition()
         self._closed = False
-        self._thread: threading.Thread | None = None
+        self._workers = 0  # threads started
+        self._idle = 0  # of which waiting for work
+        self._running = 0  # passes running
 
-    @contextlib.contextmanager
-    def arrival(self) -> Iterator[_Arrival]:
-        """Wrap the reading of a request's inputs: while any request is inside, the
-        batcher may wait (up to max_delay) for it to join the next batch."""
-        arrival = _Arrival()
-        with self._cond:
-            self._arriving += 1
-        try:
-            yield arrival
-        finally:
-            if not arrival.submitted:  # it failed (4xx) before submitting
-                with self._cond:
-                    self._arriving -= 1
-                    self._cond.notify()
+    def _want_workers(self) -> int:
+        return max(1, int(getattr(self.predictor, "parallel_runs", 1)))
 
-    async def submit(
-        self, inputs: list[Any], top_k: int, arrival: _Arrival | None = None
-    ) -> list[dict]:
+    async def submit(self, inputs: list[Any], top_k: int) -> list[dict]:
+        if not inputs:
+            return []
         pending = _Pending(inputs, top_k, asyncio.get_running_loop().create_future())
         with self._cond:
             self._queue.append(pending)
             self._queued_inputs += len(inputs)
-            if arrival is not None and not arrival.submitted:
-                arrival.submitted = True
-                self._arriving -= 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="predict", daemon=True)
-                self._thread.start()
+            while self._workers < self._want_workers():
+                self._workers += 1
+                threading.Thread(target=self._run, name="predict", daemon=True).start()
             self._cond.notify()
         return await pending.future
 
-    def _next_batch(self) -> list[_Pending] | None:
+    def _ready(self) -> bool:
+        """Whether a free worker should start a pass now: always when no pass runs (the
+        runtime is free), and beside a running pass only with MIN_SIDE inputs or more
+        queued (a pass of one or two images costs nearly as much as one of four)."""
+        if not self._queue:
+            return False
+        return self._running == 0 or self._queued_inputs >= MIN_SIDE
+
+    def _next_batch(self) -> list[tuple[_Pending, int, int]] | None:
+        """[(request, start, end)] slices of queued requests for one pass; None once
+        closed and drained (the worker ends)."""
         with self._cond:
-            while not self._queue and not self._closed:
+            self._idle += 1
+            while not self._closed and not self._ready():
                 self._cond.wait()
-            if not self._queue:  # closed (evicted) and drained: the thread ends
-                self._thread = None
+            self._idle -= 1
+            if not self._queue:
+                self._workers -= 1
                 return None
-            deadline = time.monotonic() + self.max_delay
-            while self._queued_inputs < self.max_batch and self._arriving > 0 and not self._closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            batch = [self._queue.popleft()]
-            size = len(batch[0].inputs)
-            while self._queue and size + len(self._queue[0].inputs) <= self.max_batch:
-                batch.append(self._queue.popleft())
-                size += len(batch[-1].inputs)
-            self._queued_inputs -= size
+            # Shared with the other free workers when each gets MIN_SIDE inputs or more.
+            n = self._queued_inputs
+            room = n
+            if self._idle and n >= 2 * MIN_SIDE:
+                room = max(MIN_SIDE, -(-n // (1 + self._idle)))
+            room = min(self.max_batch, room)
+            batch = []
+            while self._queue and room > 0:
+                p = self._queue[0]
+                k = min(room, len(p.inputs) - p.taken)
+                batch.append((p, p.taken, p.taken + k))
+                p.taken += k
+                room -= k
+                if p.taken == len(p.inputs):
+                    self._queue.popleft()
+            self._queued_inputs -= sum(end - start for _, start, end in batch)
+            self._running += 1
+            if self._queue:
+                self._cond.notify()  # the rest for another free worker
             return batch
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            inputs = [x for p in batch for x in p.inputs]
+            inputs = [x for p, start, end in batch for x in p.inputs[start:end]]
             BATCH_SIZE.observe(len(inputs))
             try:
-                results = self.predictor.predict(inputs, max(p.top_k for p in batch))
+                results = self.predictor.predict(inputs, max(p.top_k for p, _, _ in batch))
+                error = None
             except Exception as exc:  # hand the failure to every waiting request
-                for p in batch:
-                    p.settle(error=exc)
-                continue
-            start = 0
-            for p in batch:
-                mine = results[start : start + len(p.inputs)]
-                start += len(p.inputs)
-                for r in mine:
+                results, error = None, exc
+            self._answer(batch, results, error)
+
+    def _answer(self, batch, results, error) -> None:
+        outcomes = []
+        offset = 0
+        with self._cond:
+            self._running -= 1
+            for p, start, end in batch:
+                if error is not None:
+                    if not p.failed:
+                        p.failed = True
+                        outcomes.append((p.future, None, error))
+                    continue
+                for i, r in enumerate(results[offset : offset + end - start], start):
                     if "top_k" in r:  # a regression answers {value} only
                         r["top_k"] = r["top_k"][: p.top_k]
-                p.settle(mine)
+                    p.results[i] = r
+                offset += end - start
+                p.left -= end - start
+                if p.left == 0 and not p.failed:
+                    outcomes.append((p.future, p.results, None))
+        # One hand-off to the event loop for the whole pass (each call wakes the loop).
+        loops: dict[Any, list] = {}
+        for outcome in outcomes:
+            loops.setdefault(outcome[0].get_loop(), []).append(outcome)
+        for loop, items in loops.items():
+            loop.call_soon_threadsafe(_settle_all, items)
 
     def close(self) -> None:
-        """Evicted: the thread answers what is queued, then ends. A request that still
-        holds this batcher and submits later starts it again (it is answered, not lost)."""
+        """Evicted: the workers answer what is queued, then end. A request that still
+        holds this batcher and submits later starts one again (it is answered, not lost)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -201,8 +238,8 @@ class ModelCache:
 
     MAX_INFO = 4096
 
-    def __init__(self, *, capacity: int, max_batch: int, max_delay: float, device: str = "cpu"):
-        self.capacity, self.max_batch, self.max_delay = capacity, max_batch, max_delay
+    def __init__(self, *, capacity: int, max_batch: int, device: str = "cpu"):
+        self.capacity, self.max_batch = capacity, max_batch
         self.device = device
         self._items: OrderedDict[str, Batcher] = OrderedDict()
         self._loading: dict[str, Future] = {}
@@ -267,7 +304,7 @@ class ModelCache:
             return
         evicted = []
         with self._lock:
-            batcher = Batcher(predictor, max_batch=self.max_batch, max_delay=self.max_delay)
+            batcher = Batcher(predictor, max_batch=self.max_batch)
             self._items[model_id] = batcher
             del self._loading[model_id]
             self.loads += 1
@@ -309,6 +346,20 @@ class ModelCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def model_info(models: ModelCache, model_id: str) -> ModelInfo | None:
+    """The model's row as predict needs it, read once and then remembered by the cache
+    (blocking: run it off the event loop); None when there is no such model."""
+    with get_sessionmaker()() as session:
+        model = registry.find(session=session, model_id=model_id)
+        if model is None:
+            return None
+        return models.remember(
+            ModelInfo(
+                id=model.id, owner_id=model.owner_id, task=model.task, classes=tuple(model.classes)
+            )
+        )
 
 
 def _release() -> None:

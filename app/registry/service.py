@@ -16,6 +16,11 @@ def get(*, session: Session, owner: Owner, model_id: str) -> Model:
     return model
 
 
+def find(*, session: Session, model_id: str) -> Model | None:
+    """The model's row whoever owns it (predict checks the owner against its cache)."""
+    return session.get(Model, model_id)
+
+
 def list_(*, session: Session, owner: Owner, limit: int, offset: int) -> tuple[list[Model], int]:
     query = select(Model).where(Model.owner_id == owner.id)
     return fetch_page(session=session, query=query, entity=Model, limit=limit, offset=offset)

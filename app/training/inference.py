@@ -62,6 +62,9 @@ class _TaskOutput:
     de-standardisation) and the response objects built from it."""
 
     device: torch.device
+    # Forward passes that may run at once from different threads (predict's batcher
+    # workers): more than one only on a single-threaded ONNX Runtime session (accelerate).
+    parallel_runs = 1
 
     def _set_task(self, config: dict) -> None:
         self.config = config
@@ -140,11 +143,12 @@ class Predictor(_TaskOutput):
                 candidates=PREDICT_CANDIDATES if cpu else (runtime.EAGER,),
                 cache_dir=cache_dir,
                 salt=features.preset_key(self.preset),
+                **_side_by_side(self.device),
             )
         except Exception as exc:  # noqa: BLE001 - never fail a load over a speed-up
             log.warning("predict runs the eager model: runtime choice failed (%s)", exc)
             return self
-        self.forward, self.runtime, self.runtime_info = runner, runner.name, runner.info
+        _use(self, runner)
         return self
 
     def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
@@ -174,6 +178,22 @@ class Predictor(_TaskOutput):
         if not inputs:
             return []
         return self.output.present(self.predict_tensor(torch.stack(inputs)), self.config, top_k)
+
+
+def _side_by_side(device: torch.device) -> dict:
+    """runtime.prepare's threading for predict: on the CPU, an ONNX Runtime session of
+    one intra-op thread, run by as many batcher workers as torch has threads."""
+    if device.type != "cpu":
+        return {}
+    return {"threads": 1, "parallel": torch.get_num_threads()}
+
+
+def _use(predictor, runner: runtime.Runner) -> None:
+    """Switch the predictor's forward pass onto `runner` (one assignment: a pass in
+    flight finishes on either), with how many passes may run at once."""
+    side_by_side = runner.name == runtime.ONNX and runner.info.get("threads") == 1
+    predictor.parallel_runs = torch.get_num_threads() if side_by_side else 1
+    predictor.forward, predictor.runtime, predictor.runtime_info = runner, runner.name, runner.info
 
 
 def _amp(device: torch.device):
@@ -229,11 +249,12 @@ class _TensorPredictor(_TaskOutput):
                 candidates=(runtime.ONNX, runtime.EAGER),
                 cache_dir=cache_dir,
                 dynamic=dynamic,
+                **_side_by_side(self.device),
             )
         except Exception as exc:  # noqa: BLE001 - never fail a load over a speed-up
             log.warning("predict runs the eager model: runtime choice failed (%s)", exc)
             return self
-        self.forward, self.runtime, self.runtime_info = runner, runner.name, runner.info
+        _use(self, runner)
         return self
 
     def encode(self, inputs: list) -> torch.Tensor:

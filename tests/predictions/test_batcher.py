@@ -1,4 +1,4 @@
-"""The predict batcher: one thread per model, batches across requests, never loses one.
+"""The predict batcher: worker threads per model, batches across requests, never loses one.
 
 The predictor here is a small recording stand-in (the batcher is what is under test);
 the real predictors are exercised over HTTP in tests/api and tests/e2e.
@@ -10,23 +10,27 @@ import asyncio
 import threading
 import time
 
-import pytest
-
 from app.predictions.service import Batcher
 
 
 class Recorder:
-    """Answers each input x with label str(x); remembers the size of every pass."""
+    """Answers each input x with label str(x); remembers the size of every pass, and the
+    most passes that ran at once. `parallel_runs` as a predictor declares it."""
 
-    def __init__(self, delay: float = 0.0, fail: bool = False):
+    def __init__(self, delay: float = 0.0, fail: bool = False, parallel_runs: int = 1):
         self.batches: list[int] = []
-        self.delay, self.fail = delay, fail
+        self.delay, self.fail, self.parallel_runs = delay, fail, parallel_runs
         self.lock = threading.Lock()
+        self.running = self.most_running = 0
 
     def predict(self, inputs: list, top_k: int = 1) -> list[dict]:
         with self.lock:
             self.batches.append(len(inputs))
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
         time.sleep(self.delay)
+        with self.lock:
+            self.running -= 1
         if self.fail:
             raise ValueError("boom")
         return [
@@ -37,58 +41,104 @@ class Recorder:
 
 def test_a_lone_request_does_not_wait_for_company() -> None:
     recorder = Recorder()
-    batcher = Batcher(recorder, max_batch=16, max_delay=2.0)
+    batcher = Batcher(recorder, max_batch=16)
 
     async def main() -> float:
         t = time.perf_counter()
-        with batcher.arrival() as arrival:
-            out = await batcher.submit([7], 1, arrival)
+        out = await batcher.submit([7], 1)
         assert out == [{"label": "7", "score": 1.0, "top_k": [{"label": "7", "score": 1.0}]}]
         return time.perf_counter() - t
 
-    assert asyncio.run(main()) < 1.0  # max_delay is 2 s: it did not wait
+    assert asyncio.run(main()) < 0.5
     batcher.close()
 
 
-def test_requests_still_being_read_join_one_batch_in_input_order() -> None:
-    recorder = Recorder()
-    batcher = Batcher(recorder, max_batch=16, max_delay=5.0)
+def test_requests_that_arrive_during_a_pass_make_the_next_one_in_input_order() -> None:
+    """No gathering window: the first request runs alone at once; the three submitted
+    while it runs are taken together the moment the runtime is free."""
+    recorder = Recorder(delay=0.2)
+    batcher = Batcher(recorder, max_batch=16)
 
     async def client(i: int) -> list[dict]:
-        with batcher.arrival() as arrival:
-            await asyncio.sleep(0.05 * i)  # reading the body takes a while
-            return await batcher.submit([i, i + 100], 3, arrival)
+        await asyncio.sleep(0.05 * bool(i))  # the first alone, the others during its pass
+        return await batcher.submit([i, i + 100], 3)
 
     async def main() -> list[list[dict]]:
         return await asyncio.gather(*(client(i) for i in range(4)))
 
     t = time.perf_counter()
     results = asyncio.run(main())
-    assert time.perf_counter() - t < 2.0  # no one waited the full 5 s
-    assert recorder.batches == [8]  # all four requests, one pass
+    assert time.perf_counter() - t < 0.8  # two passes of 0.2 s, not four
+    assert recorder.batches == [2, 6]
     for i, out in enumerate(results):
         assert [r["label"] for r in out] == [str(i), str(i + 100)]
         assert len(out[0]["top_k"]) == 3
 
 
-def test_batches_are_capped_at_max_batch_and_a_failed_read_stops_the_wait() -> None:
+def test_a_large_request_is_split_over_free_workers_and_put_back_in_order() -> None:
+    recorder = Recorder(delay=0.2, parallel_runs=2)
+    batcher = Batcher(recorder, max_batch=16)
+
+    async def main() -> list[dict]:
+        await batcher.submit([0], 1)  # both workers started, now free
+        await asyncio.sleep(0.05)
+        return await batcher.submit(list(range(16)), 2)
+
+    t = time.perf_counter()
+    out = asyncio.run(main())
+    assert [r["label"] for r in out] == [str(i) for i in range(16)]
+    assert all(len(r["top_k"]) == 2 for r in out)
+    assert recorder.batches[1:] == [8, 8] and recorder.most_running == 2
+    assert time.perf_counter() - t < 0.7  # the two halves ran side by side
+    batcher.close()
+
+
+def test_a_second_pass_starts_beside_a_running_one_only_for_enough_inputs() -> None:
+    """Two images queued while a pass runs wait for it (a pass of one or two images costs
+    nearly as much as one of four); four or more start a second pass at once."""
+    recorder = Recorder(delay=0.2, parallel_runs=2)
+    batcher = Batcher(recorder, max_batch=16)
+
+    async def after(delay: float, n: int) -> list[dict]:
+        await asyncio.sleep(delay)
+        return await batcher.submit(list(range(n)), 1)
+
+    async def main(n: int) -> None:
+        await asyncio.gather(after(0, 1), after(0.05, n))
+
+    asyncio.run(main(2))
+    assert recorder.batches == [1, 2] and recorder.most_running == 1
+    recorder.batches.clear()
+    asyncio.run(main(4))
+    assert recorder.batches == [1, 4] and recorder.most_running == 2
+    batcher.close()
+
+
+def test_one_worker_unless_the_predictor_runs_passes_side_by_side() -> None:
     recorder = Recorder(delay=0.05)
-    batcher = Batcher(recorder, max_batch=4, max_delay=5.0)
+    batcher = Batcher(recorder, max_batch=2)
 
     async def main() -> None:
-        with pytest.raises(RuntimeError), batcher.arrival():
-            raise RuntimeError("a 4xx while reading the body")
+        await asyncio.gather(*(batcher.submit([i], 1) for i in range(8)))
+
+    asyncio.run(main())
+    assert recorder.most_running == 1 and sum(recorder.batches) == 8
+
+
+def test_batches_are_capped_at_max_batch() -> None:
+    recorder = Recorder(delay=0.05)
+    batcher = Batcher(recorder, max_batch=4)
+
+    async def main() -> None:
         outs = await asyncio.gather(*(batcher.submit([i], 1) for i in range(10)))
         assert [o[0]["label"] for o in outs] == [str(i) for i in range(10)]
 
-    t = time.perf_counter()
     asyncio.run(main())
-    assert time.perf_counter() - t < 2.0  # the failed arrival left nothing to wait for
     assert sum(recorder.batches) == 10 and max(recorder.batches) <= 4
 
 
 def test_a_failing_pass_fails_each_of_its_requests() -> None:
-    batcher = Batcher(Recorder(fail=True), max_batch=8, max_delay=0.01)
+    batcher = Batcher(Recorder(fail=True), max_batch=8)
 
     async def main() -> list:
         return await asyncio.gather(
@@ -101,7 +151,7 @@ def test_a_failing_pass_fails_each_of_its_requests() -> None:
 
 def test_an_evicted_batcher_still_answers_what_it_is_given() -> None:
     recorder = Recorder(delay=0.05)
-    batcher = Batcher(recorder, max_batch=2, max_delay=0.01)
+    batcher = Batcher(recorder, max_batch=2)
 
     async def main() -> None:
         first = asyncio.gather(*(batcher.submit([i], 1) for i in range(5)))

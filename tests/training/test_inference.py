@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from app.training import inference
 from app.training.api import TrainConfig, train
 from app.training.errors import InvalidInput
-from app.training.inference import Predictor, decode_image
+from app.training.inference import Predictor, decode_image, load_predictor
 from app.training.presets import EvalPreset
 
 
@@ -56,6 +57,21 @@ def test_predictor_round_trip(digits_small: Path, tmp_path: Path) -> None:
     probs = predictor.predict_tensor(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     assert probs.shape == (2, 10)
     torch.testing.assert_close(probs.sum(1), torch.ones(2))
+
+    # The cache's loader reads the weights once (it used to read them, then have
+    # Predictor.load read them again), and gives the same answers.
+    reads = []
+    real = inference.load_artifact
+
+    def counted(artifact_dir):
+        reads.append(artifact_dir)
+        return real(artifact_dir)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inference, "load_artifact", counted)
+        loaded = load_predictor(result.artifact_dir, accelerate=False)
+    assert len(reads) == 1, reads
+    assert loaded.predict_images(images, top_k=3) == predictions
 
 
 @pytest.mark.slow
