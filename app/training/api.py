@@ -230,8 +230,7 @@ def train(
         name = task.objective_class.score_name
         for entry in leaderboard:  # also under the score's own name (val_accuracy, ...)
             entry[f"val_{name}"] = entry["val_score"]
-        best = leaderboard[0]
-        best["chosen"] = True
+        best = next(e for e in leaderboard if e.get("chosen"))
         strategy, trainable_blocks = best["strategy"], best["trainable_blocks"]
         lr = best["learning_rate"] or config.learning_rate  # None: the probe won
         options = replace(options, probe=True)  # the final run starts from the probe too

@@ -33,6 +33,7 @@ from app.training.feature_store import FeatureStore
 from app.training.freeze import default_train_bn
 from app.training.loop import FitResult, LoopOptions, fit
 from app.training.schedule import plan_schedule
+from app.training.tasks import get_task
 
 ETA = 2  # successive halving keeps 1/ETA of the candidates per rung
 
@@ -235,7 +236,34 @@ def search(
             break
     entries = [probe, *(e for e in board.values() if e is not None)]
     entries.sort(key=_rank)
+    _choose(entries, probe, n_val=len(data.val.labels), score_name=_score_name(options))
     return entries
+
+
+# A fine-tuned candidate replaces the probe only when its validation accuracy is higher
+# by more than BAR_SE standard errors of the probe's (the one-standard-error rule: on a
+# small validation split a "win" by a sample or on the loss alone is noise, and the
+# probe is the cheaper model, refitted on train + val). Measured on digits (500 rows, 60
+# for validation): every candidate tied the probe at 0.867, the partial one won on the
+# loss, and scored 0.892 held out against the refitted probe's 0.916.
+BAR_SE = 1.0
+
+
+def _score_name(options: LoopOptions) -> str:
+    return get_task(options.task).objective_class.score_name
+
+
+def _choose(entries: list[dict], probe: dict, *, n_val: int, score_name: str) -> None:
+    """Mark the model the job keeps (`chosen`): the best-ranked entry if it clears the
+    probe's bar, else the probe."""
+    top = entries[0]
+    if top is not probe and score_name == "accuracy" and BAR_SE > 0:
+        p = probe["val_score"]
+        se = math.sqrt(max(p * (1.0 - p), 1.0 / max(n_val, 1)) / max(n_val, 1))
+        if top["val_score"] - p <= BAR_SE * se:
+            top = probe
+            probe["bar"] = f"no candidate beat the probe by more than {BAR_SE:g} SE ({se:.3f})"
+    top["chosen"] = True
 
 
 def finish(
