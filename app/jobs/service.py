@@ -21,7 +21,6 @@ from app.jobs.schemas import JobSpec
 from app.registry import base_models
 from app.registry.models import Model
 from app.training import api as training
-from app.training.errors import EngineError
 from app.training.tabular import HIDDEN
 from app.training.tasks import get_task
 from app.webhooks import service as webhooks
@@ -113,16 +112,15 @@ def _with_strategy(spec: JobSpec, base: dict) -> JobSpec:
     a strategy that keeps randomly initialised layers frozen is a 422."""
     has_init = "parent_model_id" in base or "upload_id" in base
     architecture = base.get("architecture") or spec.base_model
-    try:
-        strategy = training.resolve_strategy(
-            spec.strategy,
-            base_model=architecture,
-            has_weights=training.has_pretrained_weights(
-                architecture, pretrained=spec.pretrained, has_init=has_init
-            ),
-        )
-    except EngineError as exc:
-        raise Invalid(exc.message, code=exc.code, field=exc.field or "strategy") from exc
+    # resolve_strategy's refusal is an InvalidConfig naming `strategy`: a 422 by the one
+    # error table (app/main.py), no translation here.
+    strategy = training.resolve_strategy(
+        spec.strategy,
+        base_model=architecture,
+        has_weights=training.has_pretrained_weights(
+            architecture, pretrained=spec.pretrained, has_init=has_init
+        ),
+    )
     # The engine's one check of the config against the model, before the job is queued
     # (an InvalidConfig naming trainable_blocks: a 422).
     training.check_trainable_blocks(spec.trainable_blocks, base_model=architecture)

@@ -19,11 +19,17 @@ import types
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union, get_args, get_origin
 
-from app.training import text
 from app.training.errors import InvalidConfig
-from app.training.loop import resolve_device
-from app.training.optim import OPTIMIZERS, SCHEDULERS
 from app.training.schedule import STRATEGIES
+
+# This module imports no torch: the API's schema and the client (app/client) import it,
+# and a CLI call must not pay seconds for torch. So the names of the optimizers and
+# schedulers, and the text encoder's token limits, are declared here and read from here
+# by their implementations (optim.py, text.py); tests/jobs/test_contract.py runs each.
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("cosine", "step", "onecycle", "none")
+TEXT_DEFAULT_MAX_LENGTH = 128  # tokens per input (longer is truncated)
+TEXT_POSITIONS = 512  # the encoder's position embeddings
 
 # The registries the choices come from. "auto" searches over STRATEGIES (auto.py).
 STRATEGY_CHOICES = (*STRATEGIES, "auto")
@@ -112,10 +118,10 @@ class TrainConfig:
         "on train + validation (validation metrics stay those of the head it chose)",
     )
     max_length: int = option(
-        text.DEFAULT_MAX_LENGTH,
+        TEXT_DEFAULT_MAX_LENGTH,
         "text: tokens per input; longer texts are truncated",
         ge=8,
-        le=text.POSITIONS,
+        le=TEXT_POSITIONS,
     )
     loss: Loss | None = option(None, "regression: mean squared error (null, the default) or Huber")
 
@@ -172,4 +178,6 @@ def validate_config(config: TrainConfig) -> None:
             ok, need = _NEEDS[name]
             if not ok(value, bound):
                 raise InvalidConfig(f"{f.name} must be {need.format(bound)}", field=f.name)
+    from app.training.loop import resolve_device  # torch: only when validating
+
     resolve_device(config.device)  # cuda on a machine without one: refused here

@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 import torch
 
+# The names this registry implements, declared with the job contract (config.py).
+from app.training.config import OPTIMIZERS, SCHEDULERS  # noqa: E402
 from app.training.errors import InvalidConfig
-
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("cosine", "step", "onecycle", "none")
 
 
 def create_optimizer(

@@ -28,6 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch import nn  # noqa: E402
 
+from app.training.config import TEXT_DEFAULT_MAX_LENGTH, TEXT_POSITIONS  # noqa: E402
 from app.training.csvdata import TensorData, make_splits, read_csv_dataset, split_rows  # noqa: E402
 from app.training.errors import DatasetError, InvalidInput  # noqa: E402
 
@@ -39,12 +40,12 @@ TOKENIZER_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
-DEFAULT_MAX_LENGTH = 128
+DEFAULT_MAX_LENGTH = TEXT_DEFAULT_MAX_LENGTH  # declared with the job contract (config.py)
 MAX_TEXT_CHARS = 20_000  # per predict input; the tokenizer truncates to max_length anyway
 
 # all-MiniLM-L6-v2 (config.json of the package)
 HIDDEN, HEADS, INTERMEDIATE, LAYERS = 384, 12, 1536, 6
-VOCAB, POSITIONS, TYPES, EPS, DROPOUT = 30522, 512, 2, 1e-12, 0.1
+VOCAB, POSITIONS, TYPES, EPS, DROPOUT = 30522, TEXT_POSITIONS, 2, 1e-12, 0.1
 
 
 def package_dir() -> Path | None:

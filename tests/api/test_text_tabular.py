@@ -94,7 +94,7 @@ def test_a_job_spec_records_the_strategy_chosen_for_its_base_model(api, iris, tm
     err = _error(
         api.post("/v1/jobs", json={**base, "pretrained": False, "strategy": "partial"}), 422
     )
-    assert "strategy" in err["message"]
+    assert "strategy" in err["message"] and err["field"] == "strategy"
     scratch = api.post("/v1/jobs", json={**base, "pretrained": False})
     assert scratch.json()["spec"]["strategy"] == "full"
     for bad in (0, -1, "soon"):
