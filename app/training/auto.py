@@ -65,8 +65,38 @@ def _rank(entry: dict) -> tuple[float, float, int]:
     return (-entry["val_score"], entry["val_loss"], entry["trainable_params"])
 
 
-def _plans(cand: dict, *, num_blocks: int, epochs: int, learning_rate: float, lr_decay: float):
-    return plan_schedule(
+def _options(options: LoopOptions, cand: dict, pretrained: bool) -> LoopOptions:
+    """A candidate's loop options: no early stopping (the rungs decide), from the probe."""
+    return replace(
+        options,
+        early_stopping_patience=None,
+        probe=True,
+        train_bn=default_train_bn(strategy=cand["strategy"], pretrained=pretrained),
+    )
+
+
+def _fit_candidate(
+    cand: dict,
+    cand_dir: Path,
+    *,
+    model: TransferModel,
+    epochs: int,
+    upto: int,
+    evaluate_test: bool,
+    on_epoch: Callable[[dict], None],
+    should_stop: Callable[[], bool],
+    pretrained: bool,
+    data: TrainData,
+    options: LoopOptions,
+    num_blocks: int,
+    learning_rate: float,
+    lr_decay: float,
+    feature_store: FeatureStore | None,
+) -> FitResult:
+    """`cand`'s own run in `cand_dir` (planned for `epochs`), resumed from its checkpoint
+    and trained up to epoch `upto`. The search's rungs and the winner's final evaluation
+    both go through here, so their plans, options and fingerprint are the same run's."""
+    plans = plan_schedule(
         strategy=cand["strategy"],
         num_blocks=num_blocks,
         epochs=epochs,
@@ -75,15 +105,18 @@ def _plans(cand: dict, *, num_blocks: int, epochs: int, learning_rate: float, lr
         unfreeze_every=1,
         lr_decay=lr_decay,
     )
-
-
-def _options(options: LoopOptions, cand: dict, pretrained: bool) -> LoopOptions:
-    """A candidate's loop options: no early stopping (the rungs decide), from the probe."""
-    return replace(
-        options,
-        early_stopping_patience=None,
-        probe=True,
-        train_bn=default_train_bn(strategy=cand["strategy"], pretrained=pretrained),
+    return fit(
+        model=model,
+        plans=plans,
+        data=data,
+        options=_options(options, cand, pretrained),
+        work_dir=cand_dir,
+        fingerprint={"candidate": cand, "epochs": epochs},
+        evaluate_test=evaluate_test,
+        on_epoch=on_epoch,
+        should_stop=should_stop,
+        feature_store=feature_store,
+        stop_after=upto,
     )
 
 
@@ -119,25 +152,22 @@ def search(
 
     def run(cand: dict, cand_dir: Path, epochs: int, upto: int, tag: dict) -> dict:
         """Train `cand` (planned for `epochs`) up to epoch `upto`, resuming its folder."""
-        plans = _plans(
+        _fit_candidate(
             cand,
-            num_blocks=num_blocks,
-            epochs=epochs,
-            learning_rate=learning_rate,
-            lr_decay=lr_decay,
-        )
-        fit(
+            cand_dir,
             model=make_model(),
-            plans=plans,
-            data=data,
-            options=_options(options, cand, pretrained),
-            work_dir=cand_dir,
-            fingerprint={"candidate": cand, "epochs": epochs},
+            epochs=epochs,
+            upto=upto,
             evaluate_test=False,
             on_epoch=lambda r: on_epoch({**r, "phase": "search", **tag}),
             should_stop=should_stop,
+            pretrained=pretrained,
+            data=data,
+            options=options,
+            num_blocks=num_blocks,
+            learning_rate=learning_rate,
+            lr_decay=lr_decay,
             feature_store=feature_store,
-            stop_after=upto,
         )
         # The candidate's whole run so far (a resumed one reported only its new epochs).
         state = ckpt.load_checkpoint(cand_dir / ckpt.CHECKPOINT_NAME)
@@ -285,25 +315,22 @@ def finish(
     model: its own run resumed from its checkpoint where the search left it, its best
     epoch's weights loaded, then evaluated on the test split. Nothing is trained again
     from scratch; the search's epochs are the model's."""
-    cand = _candidate(entry)
-    epochs = entry["planned_epochs"]
     model = make_model()
-    result = fit(
+    result = _fit_candidate(
+        _candidate(entry),
+        Path(work_dir) / f"candidate-{entry['candidate']}",
         model=model,
-        plans=_plans(
-            cand,
-            num_blocks=num_blocks,
-            epochs=epochs,
-            learning_rate=learning_rate,
-            lr_decay=lr_decay,
-        ),
-        data=data,
-        options=_options(options, cand, pretrained),
-        work_dir=Path(work_dir) / f"candidate-{entry['candidate']}",
-        fingerprint={"candidate": cand, "epochs": epochs},
+        epochs=entry["planned_epochs"],
+        upto=entry["epochs"],
+        evaluate_test=True,
         on_epoch=lambda r: on_epoch({**r, "phase": "final", "candidate": entry["candidate"]}),
         should_stop=should_stop,
+        pretrained=pretrained,
+        data=data,
+        options=options,
+        num_blocks=num_blocks,
+        learning_rate=learning_rate,
+        lr_decay=lr_decay,
         feature_store=feature_store,
-        stop_after=entry["epochs"],
     )
     return model, result
