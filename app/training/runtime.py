@@ -343,23 +343,10 @@ def prepare(
         expected = module(check)
         choices_file = choices_file or default_cache_dir() / "choices.json"
         known = _choices.get(choice_key) or _load_choices(choices_file).get(choice_key)
-        built = _checked(
-            [known] if known in candidates else candidates,
-            module,
-            example,
-            check,
-            expected,
-            cache_dir,
-            threads,
-            tolerance,
-            info,
-            salt,
-            dynamic,
-        )
-        if not built and known in candidates:  # the remembered one failed: try them all
-            others = [n for n in candidates if n != known]
-            built = _checked(
-                others,
+
+        def agreeing(names) -> dict[str, Callable]:
+            return _checked(
+                names,
                 module,
                 example,
                 check,
@@ -371,6 +358,10 @@ def prepare(
                 salt,
                 dynamic,
             )
+
+        built = agreeing([known] if known in candidates else candidates)
+        if not built and known in candidates:  # the remembered one failed: try them all
+            built = agreeing([n for n in candidates if n != known])
         if not built:
             return Runner(EAGER, module, info)
         if len(built) == 1:
