@@ -148,6 +148,31 @@ def _is_number(value: str) -> bool:
         return False
 
 
+def observe_features(
+    row: list[str],
+    features: list[int],
+    *,
+    missing: dict[int, int],
+    numeric: dict[int, bool],
+    categories: dict[int, set[str] | None],
+) -> None:
+    """Pass 1's statistics of one row's feature cells: missing counts, whether a column is
+    still all numbers, and its distinct values (None once it has more than
+    MAX_CATEGORIES)."""
+    for i in features:
+        value = row[i].strip()
+        if value.lower() in MISSING:
+            missing[i] += 1
+            continue
+        if numeric[i] and not _is_number(value):
+            numeric[i] = False
+        seen = categories[i]
+        if seen is not None:
+            seen.add(value)
+            if len(seen) > MAX_CATEGORIES:
+                categories[i] = None
+
+
 def _csv_columns(csv_path: Path, *, is_text: bool, label_column: str, text_column: str):
     """Open a CSV and resolve its columns: (rows after the header, names, label index,
     text index or None, split index or None, feature indices, the indices kept)."""
@@ -284,18 +309,7 @@ def ingest_csv(
                     f"line {line}: split must be train, val or test, got {show(row[split_at])}",
                 )
             given_splits.append(SPLITS.index(given))
-        for i in features:
-            value = row[i].strip()
-            if value.lower() in MISSING:
-                missing[i] += 1
-                continue
-            if numeric[i] and not _is_number(value):
-                numeric[i] = False
-            seen = categories[i]
-            if seen is not None:
-                seen.add(value)
-                if len(seen) > MAX_CATEGORIES:
-                    categories[i] = None
+        observe_features(row, features, missing=missing, numeric=numeric, categories=categories)
 
     # Stored NFC-normalised (ClassNames refused two spellings of one name above).
     label_ids = {unicodedata.normalize("NFC", k): v for k, v in label_ids.items()}

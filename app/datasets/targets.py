@@ -42,12 +42,11 @@ from app.datasets.images import SPLIT_FOLDERS, _store, is_junk
 from app.datasets.splits import stratified_test
 from app.datasets.tabular import (
     DATA_NAME,
-    MAX_CATEGORIES,
-    MISSING,
     SPLIT_COLUMN,
     _csv_columns,
     _is_number,
     feature_fields,
+    observe_features,
     write_normalised,
 )
 
@@ -206,18 +205,7 @@ def ingest_csv_targets(
                     f"line {line}: split must be train, val or test, got {show(row[split_at])}",
                 )
         splits.append(split)
-        for i in features:
-            value = row[i].strip()
-            if value.lower() in MISSING:
-                missing[i] += 1
-                continue
-            if numeric[i] and not _is_number(value):
-                numeric[i] = False
-            seen = categories[i]
-            if seen is not None:
-                seen.add(value)
-                if len(seen) > MAX_CATEGORIES:
-                    categories[i] = None
+        observe_features(row, features, missing=missing, numeric=numeric, categories=categories)
 
     split_source = "archive" if "test" in splits else "generated"
     if split_source == "generated":
