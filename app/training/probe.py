@@ -243,6 +243,26 @@ def _rank(entry: dict) -> tuple[float, float]:
     return (entry["val_accuracy"], -entry["val_loss"])
 
 
+def _row_space(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(scores, basis): centred `x` (N, D) with fewer rows than features, written in an
+    orthonormal basis (r, D) of its row space, r <= N: scores = x @ basis.T. Exact for
+    the probe: the data term sees W only through W x_i, and any part of W outside the
+    rows' span only adds to the penalty, so the optimum lies in it (the representer
+    theorem), and the penalty is the same in either basis. The basis is the principal
+    axes (eigenvectors of the Gram matrix x x^T), so the solver's diagonal
+    preconditioner meets uncorrelated coordinates. (x, None) when N >= D: nothing to
+    gain."""
+    n, d = x.shape
+    if n >= d:
+        return x, None
+    gram = x @ x.T
+    evals, u = torch.linalg.eigh(gram)  # ascending
+    keep = evals > 1e-10 * float(evals[-1].clamp(min=1e-30))
+    u, sv = u[:, keep], evals[keep].sqrt()
+    basis = (u / sv).T @ x  # (r, D), orthonormal rows: V^T = S^-1 U^T x
+    return u * sv, basis  # scores = U S = x V
+
+
 def _scale(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, spread) per feature; a (nearly) constant feature keeps its scale (1)."""
     sd = x.std(0)
@@ -304,9 +324,18 @@ def fit_probe(
             masks = torch.ones(k, len(ay), dtype=torch.bool)
             for i, part in enumerate(_folds(ay, k, seed)):
                 masks[i, part] = False
-            scores = _sweep(grid, ax, ay, kw, masks=masks)
+            # In the rows' own basis when there are fewer rows than features: the folds'
+            # rows lie in it too, so every fold's fit is as exact; 400 x 1,280 digits
+            # features: the sweep in a third of the time.
+            scores = _sweep(grid, _row_space(ax)[0], ay, kw, masks=masks)
         best = scores[0] if len(scores) == 1 else max(scores, key=_rank)
-        w, b, iters = solve(txc, ty, C=best["C"], init=best.get("init"), **kw)
+        init = best.get("init")
+        fx, basis = _row_space(txc)
+        if basis is not None and init is not None:
+            init = (init[0] @ basis.T, init[1])
+        w, b, iters = solve(fx, ty, C=best["C"], init=init, **kw)
+        if basis is not None:
+            w = w @ basis
         scores = [{k: v for k, v in s.items() if k != "init"} for s in scores]
         acc, loss = _evaluate(vxc, vy, w, b)
         objective = float(

@@ -110,3 +110,26 @@ def test_a_tiny_validation_split_chooses_C_by_k_fold():
         s["val_accuracy"] * 120 == pytest.approx(round(s["val_accuracy"] * 120)) for s in fit.grid
     )
     assert np.isfinite(fit.objective)
+
+
+def test_fewer_rows_than_features_is_solved_in_their_span_to_sklearns_optimum():
+    # 60 rows, 200 features: fit_probe works in the rows' own basis (_row_space). The
+    # weights it gives back, in the features as they are, reach scikit-learn's objective
+    # at the C it chose, and a solve of the same problem in all 200 features.
+    x, y = _blobs(60, 200, 3, seed=5, spread=3.0)
+    fit = probe.fit_probe(x[:50], y[:50], x[50:], y[50:], num_classes=3)
+    xt, yt = x[:50], y[:50]
+    scores, basis = probe._row_space(xt - xt.mean(0))
+    assert basis is not None and basis.shape[0] <= 50
+    assert torch.allclose(basis @ basis.T, torch.eye(basis.shape[0], dtype=x.dtype), atol=1e-8)
+    sk = LogisticRegression(C=fit.C, tol=1e-10, max_iter=10_000).fit(xt.numpy(), yt.numpy())
+    ours = _objective(xt, yt, fit.weight, fit.bias, fit.C)
+    theirs = _objective(xt, yt, torch.from_numpy(sk.coef_), torch.from_numpy(sk.intercept_), fit.C)
+    mu = xt.mean(0)
+    w, b, _ = probe.solve(xt - mu, yt, num_classes=3, C=fit.C, tol=1e-9, max_iter=2000)
+    direct = _objective(xt, yt, w, b - w @ mu, fit.C)
+    assert abs(ours - theirs) <= 1e-4, (ours, theirs)
+    assert abs(ours - direct) <= 1e-4, (ours, direct)
+    # Nothing of the weights lies outside the rows' span: the penalty is not paid twice.
+    outside = fit.weight - (fit.weight @ basis.T) @ basis
+    assert float(outside.abs().max()) <= 1e-6 * float(fit.weight.abs().max())
