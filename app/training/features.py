@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from app.training import runtime
+from app.training import runtime, text
 from app.training.build import TransferModel
 from app.training.presets import EvalPreset
 
@@ -100,10 +101,15 @@ def cache_features(
     channels_last: bool = False,
     info: dict | None = None,
     runtime_min_samples: int | None = None,
+    by_length: bool = False,
 ) -> list[torch.Tensor] | None:
     """Features at `level` for each uint8 image tensor (or text/tabular tensor) in
     `splits`, or None (logged) when they would take more than `limit_bytes`. `info`, when
-    given, receives the runtime the pass ran on ({"runtime": name, ...})."""
+    given, receives the runtime the pass ran on ({"runtime": name, ...}).
+
+    `by_length` (text token tensors): each split runs in order of its texts' lengths,
+    every batch cut to its longest (text.trim), the features written back in the split's
+    order; per-token features are padded back to the split's length (zeros, mask 0)."""
     total = sum(len(s) for s in splits)
     model.eval()
     t0 = time.perf_counter()
@@ -117,16 +123,35 @@ def cache_features(
     try:
         for images in splits:
             chunks: list[torch.Tensor] = []
+            order = None
+            if by_length and len(images):
+                order = torch.argsort(text.real_lengths(images), stable=True)
+            batches = (
+                images.split(batch_size)
+                if order is None
+                else (images[i] for i in order.split(batch_size))
+            )
             with torch.inference_mode(), amp:
-                for batch in images.split(batch_size):
+                for batch in batches:
                     check_stop()
-                    chunks.append(forward(to_device(batch)).float())
+                    if order is None:
+                        chunks.append(forward(to_device(batch)).float())
+                    else:
+                        got = forward(to_device(text.trim(batch))).float()
+                        if got.dim() == 3:  # per token: back to the split's length
+                            got = F.pad(got, (0, 0, 0, images.shape[-1] - got.shape[1]))
+                        chunks.append(got)
                     # The size is known after the first batch: refuse before filling memory.
                     need = chunks[0][0].numel() * chunks[0].element_size() * total
                     if need > limit_bytes:
                         raise _TooLarge(need)
+            feats = torch.cat(chunks)
+            if order is not None:  # back to the split's order
+                unsorted = torch.empty_like(feats)
+                unsorted[order] = feats
+                feats = unsorted
             # clone: a tensor made in inference mode cannot enter autograd later
-            out.append(torch.cat(chunks).clone())
+            out.append(feats.clone())
         if info is not None:
             info["seconds"] = round(time.perf_counter() - t1, 3)  # the pass itself
     except _TooLarge as e:

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from app.training import checkpoint as ckpt
+from app.training import text
 from app.training.build import TransferModel
 from app.training.data import SplitData, TrainData
 from app.training.errors import Cancelled, CheckpointMismatch, InvalidConfig
@@ -234,10 +235,18 @@ class Feed:
     channels_last: bool
     train_preset: Callable[[torch.Tensor], torch.Tensor]
     eval_preset: Callable[[torch.Tensor], torch.Tensor]
+    is_text: bool = False  # batches of texts are cut to their longest one (text.trim)
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    def eval_order(self, inp: _Inputs) -> torch.Tensor | None:
+        """Texts (tokens, or per-token features at a cut) shortest first, so that each
+        evaluation batch is cut short; None for anything else."""
+        if not self.is_text or inp.tensor.dim() != 3:
+            return None
+        return torch.argsort(text.real_lengths(inp.tensor), stable=True)
 
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.cuda and not t.is_cuda:  # pinned host memory lets the copy overlap compute
@@ -248,6 +257,8 @@ class Feed:
         self, model: TransferModel, inp: _Inputs, idx: torch.Tensor, *, train: bool
     ) -> torch.Tensor:
         x = self.to_device(inp.tensor[idx])
+        if self.is_text and x.dim() == 3:
+            x = text.trim(x)
         if inp.level >= 0:
             return model.forward_from(x, inp.level)
         x = self.train_preset(x) if train else self.eval_preset(x)
@@ -275,7 +286,7 @@ def prepare(
     cuda = device.type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     if not image:
-        return Feed(device, amp, False, _identity, _identity)
+        return Feed(device, amp, False, _identity, _identity, is_text=o.modality == "text")
     return Feed(
         device,
         amp,
@@ -337,6 +348,7 @@ class FrozenFeatures:
             amp=self.feed.amp,
             channels_last=self.feed.channels_last,
             info=info,
+            by_length=self.feed.is_text,
         )
 
     def runtime(self, used: bool) -> str:
@@ -579,13 +591,19 @@ def evaluate(
     """(the task's outputs, mean plain loss) over `data`, the whole model in eval mode."""
     model.eval()
     preds, loss_sum = [], 0.0
+    order = feed.eval_order(data)
     with torch.inference_mode(), feed.amp:
-        for b in _batches(len(data), batch_size):
+        for b in _batches(len(data), batch_size, order):
             logits = feed.logits(model, data, b, train=False).float()
             y = data.labels[b].to(feed.device)
             loss_sum += objective.eval_loss(logits, y)
             preds.append(objective.outputs(logits).cpu())
-    return torch.cat(preds), loss_sum / max(1, len(data))
+    out = torch.cat(preds)
+    if order is not None:  # back to the split's order
+        unsorted = torch.empty_like(out)
+        unsorted[order] = out
+        out = unsorted
+    return out, loss_sum / max(1, len(data))
 
 
 def _probe_report(

@@ -214,3 +214,45 @@ def test_a_job_starts_from_uploaded_hugging_face_weights(topics, tmp_path):
         init_state=state,
     )
     assert result.metrics["accuracy"] >= 0.8, result.metrics
+
+
+def test_texts_run_shortest_first_cut_to_their_longest_and_give_the_same_features():
+    """The frozen pass and evaluation sort texts by length and cut each batch to its
+    longest text (text.trim): the same features, pooled or per token at a cut, in the
+    split's own order, as padding every batch to the split's longest text."""
+    import contextlib
+
+    from app.training.features import cache_features
+
+    words = ["cat", "a dog that barks at night and sleeps all day long in the sun", "fish"]
+    texts = [" ".join(words[i % 3] for _ in range(1 + i % 5)) for i in range(23)]
+    tokens = text.TextTokenizer(text.package_dir(), 64)(texts)
+    lengths = text.real_lengths(tokens)
+    assert int(lengths.max()) == tokens.shape[-1] and int(lengths.min()) < tokens.shape[-1] // 4
+    assert text.trim(tokens[lengths.argsort()[:4]]).shape[-1] == int(lengths.sort()[0][3])
+    model = build_model(base_model="minilm-l6", num_classes=3, pretrained=True).eval()
+
+    def run(level: int, by_length: bool) -> torch.Tensor:
+        return cache_features(
+            model=model,
+            splits=[tokens],
+            level=level,
+            preset=lambda x: x,
+            to_device=lambda t: t,
+            batch_size=4,
+            limit_bytes=1 << 30,
+            check_stop=lambda: None,
+            amp=contextlib.nullcontext(),
+            runtime_min_samples=10_000,  # eager both ways: the comparison is of the cut
+            by_length=by_length,
+        )[0]
+
+    for level in (model.pooled_level, 4):
+        plain, short = run(level, False), run(level, True)
+        assert short.shape == plain.shape
+        if level == 4:  # per token: the real tokens agree; padding keeps mask 0
+            keep = plain[..., -1] > 0.5
+            assert torch.equal(keep, short[..., -1] > 0.5)
+            assert torch.allclose(short[keep], plain[keep], atol=1e-4)
+        else:
+            assert torch.allclose(short, plain, atol=1e-4)
