@@ -741,6 +741,11 @@ def fit(
             model=model,
             refit=progress.refit is not None,
         )
+        # The probe reads the frozen pass's features: its runtime, and the pass's time
+        # (a head-only job has no other entry to say it).
+        report["runtime"] = frozen.runtime(used=True)
+        if "seconds" in frozen.info:
+            report["frozen_pass"] = {k: frozen.info.get(k) for k in FROZEN_PASS_KEYS}
         progress.history.append(report)
         save()
         on_epoch(report)

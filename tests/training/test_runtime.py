@@ -198,5 +198,11 @@ def test_a_head_only_job_reports_the_runtime_of_its_frozen_pass(
     assert result.history[0]["runtime"] in ("onnxruntime", "eager", "eager_channels_last")
     frozen = result.history[0]["frozen_pass"]
     assert frozen["seconds"] > 0 and frozen["prepare_seconds"] >= 0, frozen
+    # The service's default head-only job is the probe alone: its one history entry says
+    # which runtime its frozen pass ran on, and how long the pass took.
+    _, _, probed, _ = run(digits_small, tmp_path / "probe", probe=True, refit=True)
+    assert [h.get("stage") for h in probed.history] == ["probe"], probed.history
+    assert probed.history[0]["runtime"] in set(chosen.values()), probed.history
+    assert probed.history[0]["frozen_pass"]["seconds"] > 0, probed.history
     # Same features either way: the same probe learns the same head.
     assert result.best_val_score == pytest.approx(eager_result.best_val_score, abs=0.1)
