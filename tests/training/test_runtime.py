@@ -151,6 +151,13 @@ def test_training_memory_format_is_measured_once_and_leaves_the_model_alone(tmp_
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     assert all(p.grad is None for p in model.parameters())
     assert runtime.train_channels_last(model, shape, work=10**6) is chosen
+    # Too little work for a trial, once one was run: its choice, not the prior.
+    assert runtime.train_channels_last(model, shape, work=10) is chosen
+    # No trial yet and too little work: the prior by input size (channels_last from
+    # CL_PRIOR_MIN_SIDE px), and nothing is written.
+    big = (2, 3, runtime.CL_PRIOR_MIN_SIDE, runtime.CL_PRIOR_MIN_SIDE)
+    assert runtime.train_channels_last(model, big, work=10) is True
+    assert len(json.loads((tmp_path / "runtime" / "choices.json").read_text())) == 1
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA is not available on this machine")
