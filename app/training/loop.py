@@ -66,7 +66,7 @@ from app.training.tasks import Fitted, Objective, get_task
 
 log = logging.getLogger(__name__)
 
-FROZEN_PASS_KEYS = ("prepare_seconds", "seconds")
+FROZEN_PASS_KEYS = ("prepare_seconds", "seconds", "threads", "chosen_by")
 SPLIT_NAMES = ["train", "val", "test"]
 
 

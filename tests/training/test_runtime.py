@@ -213,3 +213,28 @@ def test_a_head_only_job_reports_the_runtime_of_its_frozen_pass(
     assert probed.history[0]["frozen_pass"]["seconds"] > 0, probed.history
     # Same features either way: the same probe learns the same head.
     assert result.best_val_score == pytest.approx(eager_result.best_val_score, abs=0.1)
+
+
+def test_large_images_run_in_batches_of_bounded_pixels():
+    """At 224 px the frozen pass runs batches of at most BATCH_MAX_PIXELS input pixels
+    (memory-bound beyond), whatever the eval batch size; at 32 px the whole batch."""
+    model = build_model(base_model="tiny_cnn", num_classes=3, pretrained=False).eval()
+    seen: list[int] = []
+    model.stem.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    spec = get_base_model("tiny_cnn")
+    for size, expect in ((224, features.BATCH_MAX_PIXELS // (224 * 224)), (32, 40)):
+        seen.clear()
+        out = features.cache_features(
+            model=model,
+            splits=[_images(40, size)],
+            level=model.pooled_level,
+            preset=EvalPreset(mean=spec.mean, std=spec.std),
+            to_device=lambda t: t,
+            batch_size=256,
+            limit_bytes=1 << 30,
+            check_stop=lambda: None,
+            amp=contextlib.nullcontext(),
+            runtime_min_samples=10_000,  # eager: the hook sees every batch
+        )
+        assert max(seen) == expect and sum(seen) == 40, (size, seen)
+        assert out is not None and len(out[0]) == 40
