@@ -228,3 +228,17 @@ def test_a_candidate_must_beat_the_probe_by_more_than_a_standard_error():
     entries, probe = board(0.87)
     auto._choose(entries, probe, n_val=60, score_name="r2")
     assert entries[0].get("chosen")
+
+
+def test_a_rung_that_would_overrun_the_seconds_budget_is_costed_from_the_others():
+    from app.training.auto import estimate_epoch_seconds
+
+    assert estimate_epoch_seconds([], 4) is None  # nothing measured: the rung runs
+    # One point: proportional to the blocks trained.
+    assert estimate_epoch_seconds([(2, 1.2)], 4) == pytest.approx(2.4)
+    # Two or more: a straight line through them (digits: full is 8 units of lite0).
+    assert estimate_epoch_seconds([(2, 1.2), (4, 2.5)], 8) == pytest.approx(5.1)
+    # Never below the dearest measured for a candidate that trains at least as much.
+    assert estimate_epoch_seconds([(2, 3.0), (4, 2.0)], 8) == pytest.approx(3.0)
+    # A cheaper candidate may cost less than any measured, never less than nothing.
+    assert estimate_epoch_seconds([(4, 1.0), (8, 9.0)], 1) == 0.0
