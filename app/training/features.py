@@ -73,16 +73,26 @@ def frozen_runner(
     cache_dir=None,
 ) -> runtime.Runner:
     """The fastest checked runtime for the frozen prefix on the CPU; `sample` is a few
-    real inputs (the first two name the export, the rest check and time it)."""
+    real inputs (the first two name the export, the rest check and time it).
+
+    Texts pooled into one vector each: the export takes any length too, and is checked
+    on the sample cut to its longest text (another length than the export's), since the
+    pass cuts every batch that way (text.trim); per-token features keep a fixed length
+    (a batch of another length runs eager)."""
     prefix = FrozenPrefix(model, level, preset).eval()
+    dynamic: tuple[int, ...] = (0,)
+    check = sample[:3]
+    if text.is_tokens(sample) and level == model.pooled_level:
+        dynamic, check = (0, 2), text.trim(sample[:3])
     return runtime.prepare(
         prefix,
         example=sample[:2],
-        check=sample[:3],
+        check=check,
         trial=sample[:8],
         cache_dir=cache_dir,
         # The preset is not a weight: its numbers name the export too.
         salt=f"level {level}; {preset_key(preset)}",
+        dynamic=dynamic,
     )
 
 

@@ -221,14 +221,15 @@ class TextTokenizer:
                 shutil.copy2(self.tokenizer_dir / name, dest / name)
 
 
-def _is_tokens(x: torch.Tensor) -> bool:
+def is_tokens(x: torch.Tensor) -> bool:
+    """An [ids; mask] token batch (N, 2, L), as TextTokenizer makes them."""
     return not x.is_floating_point() and x.dim() == 3 and x.shape[1] == 2
 
 
 def real_lengths(x: torch.Tensor) -> torch.Tensor:
     """Real tokens per row of a text batch: [ids; mask] tokens (N, 2, L), or hidden
     states with the mask as the last channel (N, L, H + 1), as the blocks pass them."""
-    mask = x[:, 1] if _is_tokens(x) else x[..., -1]
+    mask = x[:, 1] if is_tokens(x) else x[..., -1]
     return (mask > 0.5).sum(1)
 
 
@@ -240,10 +241,10 @@ def trim(x: torch.Tensor) -> torch.Tensor:
     if not len(x):
         return x
     n = max(1, int(real_lengths(x).max()))
-    length = x.shape[-1] if _is_tokens(x) else x.shape[1]
+    length = x.shape[-1] if is_tokens(x) else x.shape[1]
     if n >= length:
         return x
-    return x[..., :n] if _is_tokens(x) else x[:, :n]
+    return x[..., :n] if is_tokens(x) else x[:, :n]
 
 
 def check_texts(inputs: object) -> list[str]:

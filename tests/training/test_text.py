@@ -256,3 +256,36 @@ def test_texts_run_shortest_first_cut_to_their_longest_and_give_the_same_feature
             assert torch.allclose(short[keep], plain[keep], atol=1e-4)
         else:
             assert torch.allclose(short, plain, atol=1e-4)
+
+
+def test_the_pooled_text_pass_runs_its_export_at_any_length(monkeypatch, tmp_path):
+    """The frozen pass cuts each batch of texts to its longest one, so the pooled
+    prefix's export takes any length (checked at another one than it was exported at):
+    a cut batch runs on it, not eager."""
+    from app.training import features, runtime
+
+    if not runtime.onnxruntime_available():
+        pytest.skip("onnxruntime is not installed")
+    texts = [("word " * (1 + (7 * i) % 30)).strip() for i in range(16)]
+    tokens = text.TextTokenizer(text.package_dir(), 64)(texts)
+    model = build_model(base_model="minilm-l6", num_classes=3, pretrained=True).eval()
+    monkeypatch.setenv("FINETUNE_DATA_DIR", str(tmp_path))  # a fresh choices.json: a trial
+    runner = features.frozen_runner(model, model.pooled_level, None, tokens, cache_dir=tmp_path)
+    # The export agreed with eager at another length than its own, so it was timed.
+    assert runtime.ONNX in runner.info.get("trial_images_per_s", {}), runner.info
+    if runner.name != runtime.ONNX:
+        pytest.skip(f"the trial chose {runner.name} on this machine")
+    eager_calls = []
+    original = features.FrozenPrefix.forward
+    monkeypatch.setattr(
+        features.FrozenPrefix,
+        "forward",
+        lambda self, x: eager_calls.append(x.shape) or original(self, x),
+    )
+    short = text.trim(tokens[text.real_lengths(tokens) <= 6])
+    assert short.shape[-1] < tokens.shape[-1]
+    with torch.inference_mode():
+        got = runner(short)
+        expected = model.features_at(short, model.pooled_level)
+    assert eager_calls == []  # the export ran it
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
