@@ -9,6 +9,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -158,9 +159,19 @@ def test_dashboard_end_to_end(tmp_path, browser_page):
         drop_file(page, ".drop", archive, "application/zip")
         # (locators, not wait_for_function: the page's CSP forbids the eval that needs)
         expect(page.locator(".preview-box .thumbs img")).to_have_count(8)
-        thumbs = page.eval_on_selector_all(
-            ".preview-box .thumbs img", "is => is.map(i => [i.naturalWidth, i.alt])"
-        )
+
+        def thumbs_now() -> list:
+            return page.eval_on_selector_all(
+                ".preview-box .thumbs img",
+                "is => is.map(i => [i.complete ? i.naturalWidth : 0, i.alt])",
+            )
+
+        # The eight are in the page before each has decoded (a loaded CI machine caught
+        # one at naturalWidth 0): wait, a bounded while, for all of them.
+        thumbs, deadline = thumbs_now(), time.monotonic() + 10
+        while any(w == 0 for w, _ in thumbs) and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+            thumbs = thumbs_now()
         assert {w for w, _ in thumbs} == {SIZE}
         assert {alt.split("/")[0] for _, alt in thumbs} == {f"digit_{i}" for i in range(CLASSES)}
         page.fill("#dataset-name", "digits")
