@@ -212,7 +212,7 @@ def train(
     strategy, trainable_blocks, lr = requested, config.trainable_blocks, config.learning_rate
     leaderboard = None
     # What the search and its winner's final evaluation share.
-    search_args = dict(
+    setup = auto.Setup(
         make_model=make_model,
         pretrained=has_weights,
         data=data,
@@ -220,14 +220,14 @@ def train(
         num_blocks=blocks,
         learning_rate=config.learning_rate,
         lr_decay=config.lr_decay,
-        feature_store=store,
         work_dir=work_dir / "auto",
+        feature_store=store,
         on_epoch=on_epoch,
         should_stop=should_stop,
     )
     if strategy == "auto":
         leaderboard = auto.search(
-            **search_args,
+            setup,
             budget_epochs=config.auto_budget_epochs,
             budget_seconds=config.auto_budget_seconds,
         )
@@ -241,7 +241,7 @@ def train(
 
     if leaderboard is not None and best.get("stage") != "probe":
         # A fine-tuned candidate won: its own run, where the search left it, is the model.
-        model, result = auto.finish(entry=best, **search_args)
+        model, result = auto.finish(setup, best)
         epochs = best["epochs"]
     else:
         plans = plan_schedule(

@@ -22,7 +22,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.training import atomic
@@ -111,49 +111,59 @@ def _options(options: LoopOptions, cand: dict, pretrained: bool) -> LoopOptions:
     )
 
 
-def _fit_candidate(
-    cand: dict,
-    cand_dir: Path,
-    *,
-    model: TransferModel,
-    epochs: int,
-    upto: int,
-    evaluate_test: bool,
-    on_epoch: Callable[[dict], None],
-    should_stop: Callable[[], bool],
-    pretrained: bool,
-    data: TrainData,
-    options: LoopOptions,
-    num_blocks: int,
-    learning_rate: float,
-    lr_decay: float,
-    feature_store: FeatureStore | None,
-) -> FitResult:
-    """`cand`'s own run in `cand_dir` (planned for `epochs`), resumed from its checkpoint
-    and trained up to epoch `upto`. The search's rungs and the winner's final evaluation
-    both go through here, so their plans, options and fingerprint are the same run's."""
-    plans = plan_schedule(
-        strategy=cand["strategy"],
-        num_blocks=num_blocks,
-        epochs=epochs,
-        learning_rate=cand["learning_rate"] or learning_rate,
-        trainable_blocks=cand["trainable_blocks"],
-        unfreeze_every=1,
-        lr_decay=lr_decay,
-    )
-    return fit(
-        model=model,
-        plans=plans,
-        data=data,
-        options=_options(options, cand, pretrained),
-        work_dir=cand_dir,
-        fingerprint={"candidate": cand, "epochs": epochs},
-        evaluate_test=evaluate_test,
-        on_epoch=on_epoch,
-        should_stop=should_stop,
-        feature_store=feature_store,
-        stop_after=upto,
-    )
+@dataclass(frozen=True)
+class Setup:
+    """What every run of a search shares: its candidates' rungs and the winner's final
+    evaluation (api.py builds one for both, so their plans, options and checkpoint
+    fingerprint are the same run's)."""
+
+    make_model: Callable[[], TransferModel]
+    pretrained: bool
+    data: TrainData
+    options: LoopOptions
+    num_blocks: int
+    learning_rate: float
+    lr_decay: float
+    work_dir: Path
+    feature_store: FeatureStore | None = None
+    on_epoch: Callable[[dict], None] = lambda r: None
+    should_stop: Callable[[], bool] = lambda: False
+
+    def fit_candidate(
+        self,
+        cand: dict,
+        cand_dir: Path,
+        *,
+        model: TransferModel,
+        epochs: int,
+        upto: int,
+        evaluate_test: bool,
+        tag: dict,
+    ) -> FitResult:
+        """`cand`'s own run in `cand_dir` (planned for `epochs`), resumed from its
+        checkpoint and trained up to epoch `upto`; its reports carry `tag`."""
+        plans = plan_schedule(
+            strategy=cand["strategy"],
+            num_blocks=self.num_blocks,
+            epochs=epochs,
+            learning_rate=cand["learning_rate"] or self.learning_rate,
+            trainable_blocks=cand["trainable_blocks"],
+            unfreeze_every=1,
+            lr_decay=self.lr_decay,
+        )
+        return fit(
+            model=model,
+            plans=plans,
+            data=self.data,
+            options=_options(self.options, cand, self.pretrained),
+            work_dir=cand_dir,
+            fingerprint={"candidate": cand, "epochs": epochs},
+            evaluate_test=evaluate_test,
+            on_epoch=lambda r: self.on_epoch({**r, **tag}),
+            should_stop=self.should_stop,
+            feature_store=self.feature_store,
+            stop_after=upto,
+        )
 
 
 def _candidate(entry: dict) -> dict:
@@ -164,46 +174,24 @@ def _write(path: Path, entry: dict) -> None:
     atomic.write_text(path, json.dumps(entry))
 
 
-def search(
-    *,
-    make_model: Callable[[], TransferModel],
-    pretrained: bool,
-    data: TrainData,
-    options: LoopOptions,
-    num_blocks: int,
-    learning_rate: float,
-    lr_decay: float,
-    budget_epochs: int,
-    work_dir: Path,
-    budget_seconds: float | None = None,
-    feature_store: FeatureStore | None = None,
-    on_epoch: Callable[[dict], None] = lambda r: None,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> list[dict]:
+def search(setup: Setup, *, budget_epochs: int, budget_seconds: float | None = None) -> list[dict]:
     """Leaderboard entries, best first: {strategy, trainable_blocks, learning_rate,
     val_score (the task's: accuracy, mAP, R²), val_loss, seconds, trainable_params,
     epochs, rung}; the probe's entry has `"stage": "probe"` and no learning rate."""
-    work_dir = Path(work_dir)
+    work_dir = Path(setup.work_dir)
+    num_blocks = setup.num_blocks
     spent = 0.0
 
     def run(cand: dict, cand_dir: Path, epochs: int, upto: int, tag: dict) -> dict:
         """Train `cand` (planned for `epochs`) up to epoch `upto`, resuming its folder."""
-        _fit_candidate(
+        setup.fit_candidate(
             cand,
             cand_dir,
-            model=make_model(),
+            model=setup.make_model(),
             epochs=epochs,
             upto=upto,
             evaluate_test=False,
-            on_epoch=lambda r: on_epoch({**r, "phase": "search", **tag}),
-            should_stop=should_stop,
-            pretrained=pretrained,
-            data=data,
-            options=options,
-            num_blocks=num_blocks,
-            learning_rate=learning_rate,
-            lr_decay=lr_decay,
-            feature_store=feature_store,
+            tag={"phase": "search", **tag},
         )
         # The candidate's whole run so far (a resumed one reported only its new epochs).
         state = ckpt.load_checkpoint(cand_dir / ckpt.CHECKPOINT_NAME)
@@ -241,7 +229,9 @@ def search(
     spent += probe["seconds"]
 
     # ---- successive halving over the candidates, each starting from the probe
-    cands = candidates(learning_rate=learning_rate, num_blocks=num_blocks, pretrained=pretrained)
+    cands = candidates(
+        learning_rate=setup.learning_rate, num_blocks=num_blocks, pretrained=setup.pretrained
+    )
     rungs = max(1, math.ceil(math.log(len(cands), ETA)) + 1)
     # Epochs of the first rung: as many as the budget allows for the whole halving (one
     # epoch of a few steps cannot show what fine-tuning from the probe gains).
@@ -284,9 +274,8 @@ def search(
                         continue
                 t0 = time.perf_counter()
                 out = run(cands[i], cand_dir, max_epochs, upto, {"candidate": i, "rung": rung})
-                measured.append(
-                    (_units(cands[i], num_blocks), (time.perf_counter() - t0) / (upto - prev))
-                )
+                took = time.perf_counter() - t0
+                measured.append((_units(cands[i], num_blocks), took / (upto - prev)))
                 best = out["best"]  # the best epoch so far, the probe (0) included
                 entry = {
                     **cands[i],
@@ -297,9 +286,7 @@ def search(
                     "best_epoch": best["epoch"],
                     "epochs": out["epochs"],
                     "rung": rung,
-                    "seconds": (board[i]["seconds"] if board[i] else 0.0)
-                    + time.perf_counter()
-                    - t0,
+                    "seconds": (board[i]["seconds"] if board[i] else 0.0) + took,
                     "trainable_params": out["trainable_params"],
                 }
                 cand_dir.mkdir(parents=True, exist_ok=True)
@@ -318,7 +305,8 @@ def search(
             break
     entries = [probe, *(e for e in board.values() if e is not None)]
     entries.sort(key=_rank)
-    _choose(entries, probe, n_val=len(data.val.labels), score_name=_score_name(options))
+    n_val = len(setup.data.val.labels)
+    _choose(entries, probe, n_val=n_val, score_name=_score_name(setup.options))
     return entries
 
 
@@ -348,41 +336,19 @@ def _choose(entries: list[dict], probe: dict, *, n_val: int, score_name: str) ->
     top["chosen"] = True
 
 
-def finish(
-    *,
-    entry: dict,
-    make_model: Callable[[], TransferModel],
-    pretrained: bool,
-    data: TrainData,
-    options: LoopOptions,
-    num_blocks: int,
-    learning_rate: float,
-    lr_decay: float,
-    work_dir: Path,
-    feature_store: FeatureStore | None = None,
-    on_epoch: Callable[[dict], None] = lambda r: None,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> tuple[TransferModel, FitResult]:
+def finish(setup: Setup, entry: dict) -> tuple[TransferModel, FitResult]:
     """The winning candidate (a leaderboard entry that is not the probe) as the job's
     model: its own run resumed from its checkpoint where the search left it, its best
     epoch's weights loaded, then evaluated on the test split. Nothing is trained again
     from scratch; the search's epochs are the model's."""
-    model = make_model()
-    result = _fit_candidate(
+    model = setup.make_model()
+    result = setup.fit_candidate(
         _candidate(entry),
-        Path(work_dir) / f"candidate-{entry['candidate']}",
+        Path(setup.work_dir) / f"candidate-{entry['candidate']}",
         model=model,
         epochs=entry["planned_epochs"],
         upto=entry["epochs"],
         evaluate_test=True,
-        on_epoch=lambda r: on_epoch({**r, "phase": "final", "candidate": entry["candidate"]}),
-        should_stop=should_stop,
-        pretrained=pretrained,
-        data=data,
-        options=options,
-        num_blocks=num_blocks,
-        learning_rate=learning_rate,
-        lr_decay=lr_decay,
-        feature_store=feature_store,
+        tag={"phase": "final", "candidate": entry["candidate"]},
     )
     return model, result
