@@ -143,7 +143,7 @@ def cache_features(
             chunks: list[torch.Tensor] = []
             order = None
             if by_length and len(images):
-                order = torch.argsort(text.real_lengths(images), stable=True)
+                order = text.shortest_first(images)
             batches = (
                 images.split(batch_size)
                 if order is None
@@ -164,10 +164,8 @@ def cache_features(
                     if need > limit_bytes:
                         raise _TooLarge(need)
             feats = torch.cat(chunks)
-            if order is not None:  # back to the split's order
-                unsorted = torch.empty_like(feats)
-                unsorted[order] = feats
-                feats = unsorted
+            if order is not None:
+                feats = text.in_order(feats, order)
             # clone: a tensor made in inference mode cannot enter autograd later
             out.append(feats.clone())
         if info is not None:

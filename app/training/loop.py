@@ -246,7 +246,7 @@ class Feed:
         evaluation batch is cut short; None for anything else."""
         if not self.is_text or inp.tensor.dim() != 3:
             return None
-        return torch.argsort(text.real_lengths(inp.tensor), stable=True)
+        return text.shortest_first(inp.tensor)
 
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.cuda and not t.is_cuda:  # pinned host memory lets the copy overlap compute
@@ -599,10 +599,8 @@ def evaluate(
             loss_sum += objective.eval_loss(logits, y)
             preds.append(objective.outputs(logits).cpu())
     out = torch.cat(preds)
-    if order is not None:  # back to the split's order
-        unsorted = torch.empty_like(out)
-        unsorted[order] = out
-        out = unsorted
+    if order is not None:
+        out = text.in_order(out, order)
     return out, loss_sum / max(1, len(data))
 
 

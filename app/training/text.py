@@ -233,6 +233,19 @@ def real_lengths(x: torch.Tensor) -> torch.Tensor:
     return (mask > 0.5).sum(1)
 
 
+def shortest_first(x: torch.Tensor) -> torch.Tensor:
+    """The order of a text batch's rows by real length (stable), so that batches taken
+    in it are cut short by trim()."""
+    return torch.argsort(real_lengths(x), stable=True)
+
+
+def in_order(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """`values` computed for rows taken in `order`, written back in the rows' own."""
+    out = torch.empty_like(values)
+    out[order] = values
+    return out
+
+
 def trim(x: torch.Tensor) -> torch.Tensor:
     """A text batch cut to its longest real text. Exact: padding sits at the end and is
     masked out of attention and of the mean pool. A split is padded to its longest text
