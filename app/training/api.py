@@ -137,6 +137,11 @@ def train(
     )
     # refused before decoding any image
     blocks = check_trainable_blocks(config.trainable_blocks, base_model=config.base_model)
+    # A tabular model trained here has the hidden layers its config.json records (none: a
+    # linear model); a base model or uploaded weights, the architecture's own.
+    hidden = tabular.hidden_in(init_config) if init_config and spec.has_hidden_layers else None
+    if hidden is not None:
+        blocks = len(hidden)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     task = _dataset_task(dataset_dir)
@@ -207,6 +212,7 @@ def train(
             state_dict=init_state,
             seed=config.seed,
             num_inputs=num_inputs,
+            hidden=hidden,
         )
 
     strategy, trainable_blocks, lr = requested, config.trainable_blocks, config.learning_rate
@@ -244,16 +250,16 @@ def train(
         model, result = auto.finish(setup, best)
         epochs = best["epochs"]
     else:
+        model = make_model()  # its own blocks (a model trained here: as it was saved)
         plans = plan_schedule(
             strategy=strategy,
-            num_blocks=blocks,
+            num_blocks=len(model.blocks),
             epochs=epochs,
             learning_rate=lr,
             trainable_blocks=trainable_blocks,
             unfreeze_every=config.unfreeze_every,
             lr_decay=config.lr_decay,
         )
-        model = make_model()
         result = fit(
             model=model,
             plans=plans,

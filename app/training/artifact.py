@@ -4,8 +4,10 @@
       config.json         format, task, architecture, classes, head size, and per
                           modality what inference needs (ARTIFACT_FIELDS): image size
                           and normalisation, the tokenizer's folder and max length, or
-                          the tabular preprocessing; a multi-label model's thresholds, a
-                          regression's target mean and std (the task's `extra`)
+                          the tabular preprocessing and hidden layers (`hidden`, absent
+                          from older models: tabular.HIDDEN); a multi-label model's
+                          thresholds, a regression's target mean and std (the task's
+                          `extra`)
       model.safetensors   the whole state dict (never a pickle)
       tokenizer/          text models: a copy of the tokenizer files
       runtime/            written later by predict: its ONNX export (runtime.py)
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.training import atomic, text
+from app.training import atomic, tabular, text
 from app.training.build import TransferModel, get_base_model
 from app.training.tasks import Modality, get_task
 
@@ -64,7 +66,12 @@ def save_artifact(
         }
         config.update(
             ARTIFACT_FIELDS[get_task(task).modality](
-                tmp, spec=spec, meta=meta, image_size=image_size, max_length=max_length
+                tmp,
+                spec=spec,
+                model=model,
+                meta=meta,
+                image_size=image_size,
+                max_length=max_length,
             )
         )
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
@@ -94,21 +101,28 @@ def runtime_dir(artifact_dir: Path) -> Path:
 # Per modality: what config.json carries for inference beside the weights.
 
 
-def _image_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
+def _image_fields(
+    tmp: Path, *, spec, model: TransferModel, meta: dict, image_size: int, max_length: int
+) -> dict:
     return {
         "image_size": image_size,
         "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
     }
 
 
-def _text_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
+def _text_fields(
+    tmp: Path, *, spec, model: TransferModel, meta: dict, image_size: int, max_length: int
+) -> dict:
     meta["tokenizer"].copy_to(tmp / TOKENIZER_DIR)
     return {"max_length": max_length, "tokenizer": TOKENIZER_DIR}
 
 
-def _tabular_fields(tmp: Path, *, spec, meta: dict, image_size: int, max_length: int) -> dict:
+def _tabular_fields(
+    tmp: Path, *, spec, model: TransferModel, meta: dict, image_size: int, max_length: int
+) -> dict:
     pre = meta["preprocessing"]
-    return {"num_inputs": pre["width"], "preprocessing": pre}
+    # The hidden layers: a linear model (auto's first rung) has none.
+    return {"num_inputs": pre["width"], "hidden": tabular.hidden_of(model), "preprocessing": pre}
 
 
 ARTIFACT_FIELDS = {

@@ -100,6 +100,9 @@ class BaseModel:
     task: str = TASK
     pool: Callable[[], nn.Module] | None = None  # None: global average pooling (images)
     sized_to_inputs: bool = False  # build(pretrained, num_inputs=...) (tabular)
+    # build(pretrained, hidden=(...)) sets its hidden layers, and hidden=() is a linear
+    # model of its inputs: `auto`'s first rung from random weights (tabular)
+    has_hidden_layers: bool = False
     # False: "pretrained" is only a seeded random init, so nothing may stay frozen by default
     pretrained_weights: bool = True
     test_only: bool = False  # for tests and smoke runs: a job may name it, no list shows it
@@ -279,6 +282,7 @@ REGISTRY: dict[str, BaseModel] = {
             task=tabular.TASK,
             pool=nn.Identity,
             sized_to_inputs=True,
+            has_hidden_layers=True,
             pretrained_weights=False,
         ),
     ]
@@ -351,21 +355,27 @@ def build_model(
     state_dict: dict[str, torch.Tensor] | None = None,
     seed: int = 0,
     num_inputs: int | None = None,
+    hidden: tuple[int, ...] | None = None,
 ) -> TransferModel:
     """A TransferModel for `num_classes`.
 
     `state_dict` continues from a model trained here (its own head is kept when the
     class count matches, else a fresh head is used). Random init draws from a private
     generator seeded with `seed`, so the same call gives the same model every time
-    without touching the caller's RNG. `num_inputs` sizes a tabular model's first layer.
+    without touching the caller's RNG. `num_inputs` sizes a tabular model's first layer,
+    `hidden` its hidden layers (None: the architecture's own; (): none, a linear model).
     """
     spec = get_base_model(base_model)
     load_base = pretrained and state_dict is None
     if load_base:
         check_available(base_model, True)
+    if hidden is not None and not spec.has_hidden_layers:
+        raise ValueError(f"{base_model} has no hidden layers to set")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         extra = {"num_inputs": num_inputs} if spec.sized_to_inputs and num_inputs else {}
+        if hidden is not None:
+            extra["hidden"] = tuple(hidden)
         stem, blocks, features, dropout, base_head = spec.build(load_base, **extra)
         model = TransferModel(
             stem=stem,

@@ -366,13 +366,16 @@ def _load_image(artifact_dir: Path, config: dict, state: dict, device: str) -> P
     return Predictor.from_artifact(config, state, device)
 
 
-def _tensor_model(config: dict, state: dict, device: str) -> dict:
+def _tensor_model(config: dict, state: dict, device: str, **shape) -> dict:
+    """The model of an artifact, in eval mode on `device`; `shape` what its architecture
+    needs beyond config["architecture"] (a tabular model's hidden layers)."""
     model = build_model(
         base_model=config["architecture"],
         num_classes=config["num_classes"],
         pretrained=False,
         state_dict=state,
         num_inputs=config.get("num_inputs"),
+        **shape,
     )
     dev = torch.device(device)
     model.to(dev).eval()
@@ -385,9 +388,9 @@ def _load_text(artifact_dir: Path, config: dict, state: dict, device: str) -> Te
 
 
 def _load_tabular(artifact_dir: Path, config: dict, state: dict, device: str) -> TabularPredictor:
-    return TabularPredictor(
-        preprocessing=config["preprocessing"], **_tensor_model(config, state, device)
-    )
+    # Its hidden layers as recorded (none: a linear model); older models: the default MLP.
+    model = _tensor_model(config, state, device, hidden=tabular.hidden_in(config))
+    return TabularPredictor(preprocessing=config["preprocessing"], **model)
 
 
 LOADERS = {Modality.IMAGE: _load_image, Modality.TEXT: _load_text, Modality.TABULAR: _load_tabular}

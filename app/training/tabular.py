@@ -10,7 +10,10 @@ Preprocessing (a plain JSON object saved in the model's config.json, never a pic
 As a TransferModel the MLP has no stem (identity), blocks = its hidden layers
 (Linear -> ReLU -> Dropout), no pooling, and a linear head. It has no pretrained
 weights: "pretrained" is a seeded random init, as for tiny_cnn; transfer comes from
-`model:<id>` or uploaded weights.
+`model:<id>` or uploaded weights. With no hidden layers (LINEAR) it is the head alone on
+the encoded inputs: multinomial logistic regression (ridge for a regression) once the
+exact probe fits it, `auto`'s first rung from random weights. A model's config.json
+records its hidden layers (`hidden`); one without them is the default MLP (HIDDEN).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from app.training.errors import DatasetError, InvalidInput
 
 TASK = "tabular_classification"
 HIDDEN = (128, 128, 64)
+LINEAR: tuple[int, ...] = ()  # no hidden layer: a linear model of the encoded inputs
 DROPOUT = 0.1
 MAX_CATEGORIES = 64  # one-hot columns per categorical feature; rarer values are all zeros
 DEFAULT_INPUTS = 16  # only for listing a parameter count; real models size to the data
@@ -134,12 +138,25 @@ def encode_rows(pre: dict, rows: list[dict], *, strict: bool = False) -> torch.T
     return torch.from_numpy(out)
 
 
-def build_mlp(pretrained: bool, num_inputs: int = DEFAULT_INPUTS):  # -> build.Parts
+def build_mlp(
+    pretrained: bool, num_inputs: int = DEFAULT_INPUTS, hidden: tuple[int, ...] = HIDDEN
+):  # -> build.Parts
     blocks, width = [], num_inputs
-    for h in HIDDEN:
+    for h in hidden:
         blocks.append(nn.Sequential(nn.Linear(width, h), nn.ReLU(), nn.Dropout(DROPOUT)))
         width = h
     return nn.Identity(), blocks, width, 0.0, None
+
+
+def hidden_of(model: nn.Module) -> list[int]:
+    """The hidden layer widths of an MLP built by build_mlp (config.json's `hidden`)."""
+    return [block[0].out_features for block in model.blocks]
+
+
+def hidden_in(config: dict) -> tuple[int, ...]:
+    """The hidden layers a model's config.json records; HIDDEN for one written before
+    it recorded them."""
+    return tuple(config.get("hidden", HIDDEN))
 
 
 def load_tabular_dataset(

@@ -14,10 +14,11 @@ import torch
 from app.datasets.ingest import ingest_dataset
 from app.training.api import TrainConfig, train
 from app.training.artifact import load_artifact
+from app.training.build import build_model
 from app.training.errors import InvalidInput
 from app.training.inference import TabularPredictor, load_predictor
-from app.training.tabular import encode_rows, fit_preprocessing
-from tests.csvdata import iris_csv, shared_factor_csv
+from app.training.tabular import HIDDEN, encode_rows, fit_preprocessing
+from tests.csvdata import iris_csv, iris_rows, shared_factor_csv
 
 TASK = "tabular_classification"
 
@@ -36,7 +37,7 @@ def _ingest(tmp_path: Path, csv_path: Path, name: str) -> Path:
     return tmp_path / name
 
 
-def _train(dataset: Path, work: Path, **kw) -> object:
+def _train(dataset: Path, work: Path, init_state=None, init_config=None, **kw) -> object:
     defaults = dict(base_model="mlp", strategy="full", epochs=40, learning_rate=1e-2)
     defaults.update(batch_size=16, early_stopping_patience=None)
     return train(
@@ -44,6 +45,8 @@ def _train(dataset: Path, work: Path, **kw) -> object:
         dataset_dir=dataset,
         work_dir=work,
         cache_dir=work.parent / "cache",
+        init_state=init_state,
+        init_config=init_config,
     )
 
 
@@ -241,6 +244,34 @@ def test_auto_on_random_weights_searches_full_rates(tmp_path):
     assert {r["strategy"] for r in board if r.get("stage") != "probe"} == {"full"}
     assert result.metrics["accuracy"] > 0.33
     assert result.history[0]["stage"] == "probe"
+
+
+def test_an_mlp_saved_before_it_recorded_its_hidden_layers_loads_as_the_default_mlp(tmp_path):
+    dataset = _ingest(tmp_path, iris_csv(tmp_path / "iris.csv"), "iris")
+    result = _train(dataset, tmp_path / "w", epochs=2)
+    path = result.artifact_dir / "config.json"
+    config = json.loads(path.read_text())
+    assert config["hidden"] == list(HIDDEN)
+    rows = iris_rows()[0][:5]
+    before = load_predictor(result.artifact_dir, accelerate=False)
+    want = before.predict(before.check(rows), top_k=3)
+    del config["hidden"]  # as every model written before the field was
+    path.write_text(json.dumps(config))
+    old = load_predictor(result.artifact_dir, accelerate=False)
+    assert [b[0].in_features for b in old.model.blocks] == [4, *HIDDEN[:-1]]
+    assert old.predict(old.check(rows), top_k=3) == want
+    # And a job continuing from it builds the default MLP.
+    init_config, state = load_artifact(result.artifact_dir)
+    again = _train(dataset, tmp_path / "again", epochs=1, init_state=state, init_config=init_config)
+    assert json.loads((again.artifact_dir / "config.json").read_text())["hidden"] == list(HIDDEN)
+
+
+def test_a_linear_model_is_only_for_an_architecture_with_hidden_layers():
+    linear = build_model(base_model="mlp", num_classes=3, pretrained=False, num_inputs=7, hidden=())
+    assert len(linear.blocks) == 0 and linear.head.weight.shape == (3, 7)
+    assert linear(torch.zeros(2, 7)).shape == (2, 3)
+    with pytest.raises(ValueError, match="no hidden layers"):
+        build_model(base_model="tiny_cnn", num_classes=3, pretrained=False, hidden=())
 
 
 def test_progressive_from_a_model_trained_here(tmp_path):
