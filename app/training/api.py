@@ -215,6 +215,17 @@ def train(
             hidden=hidden,
         )
 
+    def make_linear() -> TransferModel:
+        """The same model with no hidden layer: a linear model of the encoded inputs."""
+        return build_model(
+            base_model=config.base_model,
+            num_classes=head_size,
+            pretrained=False,
+            seed=config.seed,
+            num_inputs=num_inputs,
+            hidden=tabular.LINEAR,
+        )
+
     strategy, trainable_blocks, lr = requested, config.trainable_blocks, config.learning_rate
     leaderboard = None
     # What the search and its winner's final evaluation share.
@@ -230,6 +241,8 @@ def train(
         feature_store=store,
         on_epoch=on_epoch,
         should_stop=should_stop,
+        # From random weights, rung 0 and the bar: the linear model, not a probe of noise.
+        make_linear=make_linear if spec.has_hidden_layers and not has_weights else None,
     )
     if strategy == "auto":
         leaderboard = auto.search(
@@ -242,15 +255,18 @@ def train(
             entry[f"val_{name}"] = entry["val_score"]
         best = next(e for e in leaderboard if e.get("chosen"))
         strategy, trainable_blocks = best["strategy"], best["trainable_blocks"]
-        lr = best["learning_rate"] or config.learning_rate  # None: the probe won
+        lr = best["learning_rate"] or config.learning_rate  # None: rung 0 won
         options = replace(options, probe=True)  # the final run starts from the probe too
 
-    if leaderboard is not None and best.get("stage") != "probe":
+    if leaderboard is not None and best.get("stage") not in auto.RUNG_ZERO:
         # A fine-tuned candidate won: its own run, where the search left it, is the model.
         model, result = auto.finish(setup, best)
         epochs = best["epochs"]
     else:
-        model = make_model()  # its own blocks (a model trained here: as it was saved)
+        # No search, or rung 0 won: head only is the probe, refitted on train + val; the
+        # linear model, when it won, is the job's model.
+        linear = leaderboard is not None and best.get("stage") == "linear"
+        model = (setup.make_linear if linear and setup.make_linear else make_model)()
         plans = plan_schedule(
             strategy=strategy,
             num_blocks=len(model.blocks),

@@ -236,14 +236,71 @@ def test_pretrained_on_a_source_task_beats_scratch_on_a_small_target(tmp_path):
     assert torch.equal(tuned_state["blocks.0.0.weight"], state["blocks.0.0.weight"])  # frozen
 
 
-def test_auto_on_random_weights_searches_full_rates(tmp_path):
+def test_auto_on_random_weights_searches_full_rates_from_the_linear_model(tmp_path):
+    """From random weights rung 0 and the bar is the linear model (the MLP with no hidden
+    layer, fitted by the exact probe): logistic regression on the encoded inputs. On
+    Iris it scores 1.0 on validation, so no MLP can clear its bar, and it is the model:
+    saved with no hidden layer, reloaded, predicted eagerly and on ONNX Runtime alike."""
     dataset = _ingest(tmp_path, iris_csv(tmp_path / "iris.csv"), "iris")
-    result = _train(dataset, tmp_path / "w", strategy="auto", epochs=4, auto_budget_epochs=6)
+    reports = []
+    result = train(
+        config=TrainConfig(
+            base_model="mlp", strategy="auto", epochs=4, auto_budget_epochs=6, batch_size=16
+        ),
+        dataset_dir=dataset,
+        work_dir=tmp_path / "w",
+        cache_dir=tmp_path / "c",
+        on_epoch=reports.append,
+    )
     board = result.leaderboard
     assert board and sum(bool(e.get("chosen")) for e in board) == 1
-    assert {r["strategy"] for r in board if r.get("stage") != "probe"} == {"full"}
-    assert result.metrics["accuracy"] > 0.33
-    assert result.history[0]["stage"] == "probe"
+    linear = next(e for e in board if e.get("stage") == "linear")
+    assert not any(e.get("stage") == "probe" for e in board)  # no probe of random layers
+    assert {e["strategy"] for e in board if e is not linear} == {"full"}
+    # Reported like any candidate: its score, its seconds, its (few) parameters.
+    width = 4
+    assert linear["trainable_params"] == (width + 1) * 3 and linear["epochs"] == 0
+    assert linear["val_accuracy"] == 1.0 and linear["seconds"] > 0 and linear["C"] > 0
+    assert all(e["trainable_params"] > 100 * linear["trainable_params"] for e in board[1:])
+    assert any(r.get("candidate") == "linear" and r["stage"] == "probe" for r in reports)
+    # Never worse on validation than the linear model; here it is the model.
+    assert linear["chosen"] and result.strategy == "partial"
+    assert result.val_metrics["accuracy"] == linear["val_accuracy"]
+    assert [h["stage"] for h in result.history] == ["probe"]
+    assert result.history[0]["trainable_params"] == linear["trainable_params"]
+    assert result.metrics["accuracy"] >= 0.9
+
+    config, state = load_artifact(result.artifact_dir)
+    assert config["hidden"] == [] and config["architecture"] == "mlp"
+    assert sorted(state) == ["head.bias", "head.weight"]
+    rows = [
+        {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2},
+        {"sepal_length": 6.9, "sepal_width": 3.1, "petal_length": 5.4, "petal_width": 2.1},
+        {"sepal_length": 5.9, "sepal_width": 2.8, "petal_length": 4.3, "petal_width": 1.3},
+    ]
+    x = encode_rows(config["preprocessing"], rows, strict=True)
+    expected = torch.softmax(x @ state["head.weight"].T + state["head.bias"], dim=1)
+    for accelerate in (False, True):
+        predictor = load_predictor(result.artifact_dir, accelerate=accelerate)
+        out = predictor.predict(predictor.check(rows), top_k=3)
+        assert [p["label"] for p in out] == ["setosa", "virginica", "versicolor"]
+        scores = torch.tensor(
+            [[t["score"] for t in sorted(p["top_k"], key=lambda t: t["label"])] for p in out]
+        )
+        torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-4)
+    assert predictor.runtime == "onnxruntime", predictor.runtime_info
+
+    # A job continuing from it (`model:<id>`) builds it as it was saved: no hidden layer.
+    again = train(
+        config=TrainConfig(base_model="mlp"),
+        dataset_dir=dataset,
+        work_dir=tmp_path / "again",
+        cache_dir=tmp_path / "c",
+        init_state=state,
+        init_config=config,
+    )
+    assert again.strategy == "partial" and again.metrics["accuracy"] >= 0.9
+    assert load_artifact(again.artifact_dir)[0]["hidden"] == []
 
 
 def test_an_mlp_saved_before_it_recorded_its_hidden_layers_loads_as_the_default_mlp(tmp_path):

@@ -182,6 +182,38 @@ def test_tabular_regression_on_diabetes(tmp_path):
     assert huber.metrics["r2"] > 0.1
 
 
+def test_auto_on_a_linear_target_keeps_the_linear_model_ridge(tmp_path):
+    """Tabular regression from random weights: rung 0 of `auto` is the linear model, fitted
+    by the ridge probe; on a linear target no MLP beats it on validation R², so it is the
+    model, and predicts the ridge's values."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 8))
+    y = x @ rng.normal(size=8) * 10 + 50 + rng.normal(scale=1.0, size=240)
+    path = tmp_path / "lin.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*(f"x{i}" for i in range(8)), "y"])
+        w.writerows([*(f"{v:.5f}" for v in row), f"{t:.4f}"] for row, t in zip(x, y, strict=True))
+    ds = tmp_path / "ds"
+    ingest_csv_targets(csv_path=path, dest_dir=ds, task="tabular_regression", label_column="y")
+    result = train(
+        config=TrainConfig(base_model="mlp", strategy="auto", auto_budget_epochs=6, seed=0),
+        dataset_dir=ds,
+        work_dir=tmp_path / "w",
+        cache_dir=tmp_path / "c",
+    )
+    board = result.leaderboard
+    linear = next(e for e in board if e.get("stage") == "linear")
+    assert linear["chosen"] and linear is board[0], board
+    assert linear["val_r2"] > 0.98 and linear["trainable_params"] == 9
+    assert all(e["val_r2"] < linear["val_r2"] for e in board[1:])
+    assert result.metrics["r2"] > 0.98, result.metrics
+    p = load_predictor(result.artifact_dir)
+    rows = [{f"x{i}": float(v) for i, v in enumerate(row)} for row in x[:4]]
+    values = [o["value"] for o in p.predict(p.check(rows))]
+    assert values == pytest.approx(list(y[:4]), abs=4.0)
+
+
 def _image_train(ds, tmp_path, **kw):
     return train(
         config=TrainConfig(base_model="tiny_cnn", image_size=16, batch_size=16, seed=0, **kw),
