@@ -117,7 +117,7 @@ export async function jobView(main, ctx, id) {
         h(
           "p",
           {},
-          r.phase === "search" ? "Search, the probe: " : "",
+          r.phase === "search" ? (r.candidate === "linear" ? "Search, the linear model: " : "Search, the probe: ") : "",
           `${PROBE_TEXT}: the head fitted on frozen features${r.C !== undefined ? ` (C = ${r.C})` : ""}, `,
           `${fmt.int(r.trainable_params)} trainable parameters.`,
         ),
@@ -192,7 +192,7 @@ export async function jobView(main, ctx, id) {
         table(
           [
             { label: "#", num: true, value: (e) => e.rank },
-            { label: "Strategy", value: (e) => e.strategy },
+            { label: "Strategy", value: (e) => (e.stage === "linear" ? "linear model" : e.strategy) },
             { label: "Blocks", num: true, value: (e) => e.trainable_blocks },
             { label: "Learning rate", num: true, value: (e) => (e.learning_rate === null ? "– (exact probe)" : fmt.lr(e.learning_rate)) },
             { label: "Best val accuracy", num: true, value: (e) => fmt.pct(e.val_accuracy) },
@@ -323,9 +323,13 @@ export async function jobView(main, ctx, id) {
 
 const PROBE_TEXT = "exact linear probe";
 
-// A search report names its candidate by index, or "probe" for the exact probe (rung 0).
+const LINEAR_TEXT = "linear model (no hidden layer, by the exact probe)";
+
+// A search report names its candidate by index, or rung 0: "probe" for the exact probe,
+// "linear" for the linear model (a tabular search from random weights).
 function candidateName(r) {
-  return typeof r.candidate === "number" ? `candidate ${r.candidate + 1}` : `the ${PROBE_TEXT}`;
+  if (typeof r.candidate === "number") return `candidate ${r.candidate + 1}`;
+  return r.candidate === "linear" ? `the ${LINEAR_TEXT}` : `the ${PROBE_TEXT}`;
 }
 
 function stageText(groups) {
@@ -338,6 +342,7 @@ function stageText(groups) {
 // What a search candidate trains, read from its epoch report's schedule (a report names
 // its candidate by index only; the final leaderboard names the strategy).
 function trainsOf(r) {
+  if (r.candidate === "linear") return LINEAR_TEXT;
   if (r.stage === "probe") return `head only (${PROBE_TEXT})`;
   const groups = r.schedule || [];
   const trainable = groups.filter((g) => g.trainable);
