@@ -259,9 +259,16 @@ def train(
         options = replace(options, probe=True)  # the final run starts from the probe too
 
     if leaderboard is not None and best.get("stage") not in auto.RUNG_ZERO:
-        # A fine-tuned candidate won: its own run, where the search left it, is the model.
-        model, result = auto.finish(setup, best)
-        epochs = best["epochs"]
+        # A fine-tuned candidate won: its own run, completed from where the search left
+        # it (the last rung), is the model.
+        upto = auto.final_epochs(
+            best,
+            leaderboard,
+            budget_epochs=config.auto_budget_epochs,
+            budget_seconds=config.auto_budget_seconds,
+        )
+        model, result = auto.finish(setup, best, upto=upto)
+        epochs = upto
     else:
         # No search, or rung 0 won: head only is the probe, refitted on train + val; the
         # linear model, when it won, is the job's model.

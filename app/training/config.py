@@ -103,7 +103,9 @@ class TrainConfig:
         None, "auto: weigh classes by inverse frequency; null: unweighted"
     )
     lr_decay: float = option(0.5, "per-block rate factor (progressive)", gt=0, le=1)
-    auto_budget_epochs: int = option(12, "search budget (auto)", ge=1, le=1000)
+    auto_budget_epochs: int = option(
+        18, "epochs of the search and its winner's last rung (auto)", ge=1, le=1000
+    )
     auto_budget_seconds: float | None = option(
         None, "search budget in seconds (auto)", gt=0, le=7 * 24 * 3600
     )

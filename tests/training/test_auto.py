@@ -72,7 +72,7 @@ def test_auto_halves_from_the_probe_and_trains_the_best(digits_small: Path, tmp_
     assert sum(e["epochs"] for e in others) <= config.auto_budget_epochs
     assert len([e for e in others if e["rung"] == 1]) <= 2
     assert {r["phase"] for r in reports if r.get("candidate") is not None} == {"search"}
-    # Never worse than the probe; the winner's own run is the model.
+    # Never worse than the probe; the winner's own run, completed, is the model.
     final = [r for r in reports if r.get("phase") != "search"]
     assert result.history[0]["stage"] == "probe"
     assert result.val_metrics["accuracy"] >= probe["val_accuracy"] - 1e-9
@@ -80,13 +80,20 @@ def test_auto_halves_from_the_probe_and_trains_the_best(digits_small: Path, tmp_
     if chosen[0].get("stage") == "probe":
         assert [r.get("stage") for r in final] == ["probe"]
     else:
-        assert final == [] and len(result.history) == chosen[0]["epochs"] + 1
+        # The last rung: the winner goes on from its search epochs, within the budget.
+        upto = auto.final_epochs(chosen[0], board, budget_epochs=6, budget_seconds=None)
+        assert upto == chosen[0]["epochs"] + 1  # 5 of the 6 epochs were the search's
+        assert [r["epoch"] for r in final] == [upto]
+        assert len(result.history) == upto + 1
 
 
 @pytest.mark.slow
-def test_the_winner_is_the_model_where_the_search_left_it(tmp_path: Path, monkeypatch) -> None:
-    """No retraining after the search: the winning candidate's best epoch, read back from
-    its checkpoint, is evaluated on test and saved as the model."""
+def test_the_winner_completes_its_plan_from_where_the_search_left_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """No retraining from scratch: the winning candidate's own run goes on from its
+    checkpoint to the end of its plan (the last rung), and its best epoch, read back
+    from that checkpoint, is evaluated on test and saved as the model."""
     monkeypatch.setattr(auto, "BAR_SE", 0.0)  # any win counts (the bar is tested below)
     config = TrainConfig(
         base_model="tiny_cnn",
@@ -109,9 +116,15 @@ def test_the_winner_is_the_model_where_the_search_left_it(tmp_path: Path, monkey
     )
     win = result.leaderboard[0]
     assert win.get("stage") != "probe", result.leaderboard
-    assert all(r.get("phase") == "search" for r in reports)  # nothing trained after it
-    assert len(result.history) == win["epochs"] + 1 and result.best_epoch == win["best_epoch"]
-    assert result.val_metrics["accuracy"] == pytest.approx(win["val_accuracy"])
+    # The search stopped it halfway down its plan; the final run trains it on from there
+    # (epochs it had, never again from the first), as far as the budget's 6 epochs allow.
+    final = [r for r in reports if r.get("phase") != "search"]
+    upto = auto.final_epochs(win, result.leaderboard, budget_epochs=6, budget_seconds=None)
+    assert win["epochs"] < upto <= win["planned_epochs"]
+    assert [r["epoch"] for r in final] == list(range(win["epochs"] + 1, upto + 1))
+    assert {r["candidate"] for r in final} == {win["candidate"]}
+    assert len(result.history) == upto + 1
+    assert result.val_metrics["accuracy"] >= win["val_accuracy"] - 1e-9
     # The saved weights are the candidate's best epoch, as its checkpoint keeps them.
     cand_dir = tmp_path / "w" / "auto" / f"candidate-{win['candidate']}"
     state = ckpt.load_checkpoint(cand_dir / ckpt.CHECKPOINT_NAME)
@@ -242,3 +255,23 @@ def test_a_rung_that_would_overrun_the_seconds_budget_is_costed_from_the_others(
     assert estimate_epoch_seconds([(2, 3.0), (4, 2.0)], 8) == pytest.approx(3.0)
     # A cheaper candidate may cost less than any measured, never less than nothing.
     assert estimate_epoch_seconds([(4, 1.0), (8, 9.0)], 1) == 0.0
+
+
+def test_the_winners_last_rung_stays_within_what_the_search_left_of_each_budget() -> None:
+    """final_epochs: the end of the winner's plan, cut to the epochs and the seconds the
+    search left (costed from the winner's own epochs), read from the board alone."""
+    probe = {"stage": "probe", "epochs": 0, "seconds": 2.0}
+    win = {"candidate": 1, "epochs": 4, "planned_epochs": 8, "seconds": 8.0}  # 2 s an epoch
+    other = {"candidate": 0, "epochs": 4, "planned_epochs": 8, "seconds": 4.0}
+    board = [win, probe, other]  # 8 epochs and 14 s spent
+
+    def upto(budget_epochs: int, budget_seconds: float | None) -> int:
+        return auto.final_epochs(
+            win, board, budget_epochs=budget_epochs, budget_seconds=budget_seconds
+        )
+
+    assert upto(18, None) == 8  # the whole plan fits
+    assert upto(10, None) == 6  # 2 epochs left of the budget
+    assert upto(8, None) == 4  # none left: where the search left it
+    assert upto(18, 20.0) == 7  # 6 s left, at 2 s an epoch
+    assert upto(18, 13.0) == 4  # the search already overran it

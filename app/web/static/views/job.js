@@ -93,14 +93,17 @@ export async function jobView(main, ctx, id) {
       barText.textContent = `Epoch ${r.epoch} of ${r.epochs} · ${bar.value}% · ${eta}`;
       return;
     }
-    // auto: the search (about auto_budget_epochs epochs in all), then the final training.
+    // auto: the search, then the final training (about auto_budget_epochs epochs in all).
+    // A fine-tuned winner's final training continues its own search run (its epochs
+    // after those the search gave it); a probe's (epoch 0) counts as one.
     const searched = state.searched.size;
-    const searchTotal = Math.max(spec.auto_budget_epochs || 0, searched);
     const search = r.phase === "search";
-    const done = searched + (search ? 0 : r.epoch);
-    // Automatic epochs are unknown until the final training reports them: counted as
-    // long as the search meanwhile.
-    const total = searchTotal + (search ? (spec.epochs ?? searchTotal) : r.epochs);
+    const winner = search || r.candidate == null ? 0 : [...state.searched].filter((k) =>
+      k.startsWith(`${r.candidate}:`)).length;
+    const done = searched + (search ? 0 : Math.max(1, r.epoch - winner));
+    const total = search
+      ? Math.max(spec.auto_budget_epochs || 0, searched + 1)
+      : searched + Math.max(1, r.epochs - winner);
     bar.value = Math.round(Math.min(done / total, 1) * 100);
     const end = TERMINAL.has(state.status) ? ` · ${state.status}` : "";
     barText.textContent = search
