@@ -892,6 +892,8 @@ def job_spec(data: Data, row: str, args) -> dict:
             spec["auto_budget_seconds"] = round(10 * args.forward_s, 2)
     if row == "full" and args.full_epochs:
         spec["epochs"] = args.full_epochs
+    if row == "full" and getattr(args, "full_lr", None):
+        spec["learning_rate"] = args.full_lr
     return spec
 
 
@@ -1133,6 +1135,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ft-lr", type=float, default=2e-3, help="fastai's fine_tune base_lr")
     ap.add_argument("--tab-epochs", type=int, default=50)
     ap.add_argument("--full-epochs", type=int, help="epochs of the `full` row (service default)")
+    ap.add_argument("--full-lr", type=float, help="learning rate of the `full` row (default: "
+                    "the service's)")  # fmt: skip
     ap.add_argument("--job-timeout", type=float, default=3600)
     ap.add_argument("--no-install", action="store_true")
     args = ap.parse_args(argv)

@@ -120,6 +120,33 @@ def _rank(entry: dict) -> tuple[float, float, int]:
     return (-entry["val_score"], entry["val_loss"], entry["trainable_params"])
 
 
+def _se(p: float, n_val: int) -> float:
+    """The standard error of an accuracy p measured on n_val samples (never 0)."""
+    n = max(n_val, 1)
+    return math.sqrt(max(p * (1.0 - p), 1.0 / n) / n)
+
+
+def ranked(entries: list[dict], *, n_val: int, score_name: str) -> list[dict]:
+    """Best first. By accuracy, except that accuracies within BAR_SE standard errors of
+    the best are a tie, which the validation loss decides (then the cheaper model): on a
+    small validation split one sample moves accuracy by a step, while the loss, a proper
+    scoring rule, moves with every prediction. Other scores (mAP, R²) are continuous and
+    rank as they are.
+
+    Measured on WordNet glosses (48 validation texts): the top 3 layers at 3e-4 led
+    with 0.875 (loss 0.515) over everything at 1e-4 with 0.854 (loss 0.446), one text
+    apart. Completed, the first scored 0.800 held out; `full` at 1e-4 over the same 8
+    epochs, 0.845."""
+    out = sorted(entries, key=_rank)
+    if score_name != "accuracy" or BAR_SE <= 0 or not out:
+        return out
+    best = out[0]["val_score"]
+    margin = BAR_SE * _se(best, n_val)
+    tied = [e for e in out if best - e["val_score"] <= margin]
+    rest = [e for e in out if best - e["val_score"] > margin]
+    return sorted(tied, key=lambda e: (e["val_loss"], e["trainable_params"])) + rest
+
+
 def _options(options: LoopOptions, cand: dict, pretrained: bool) -> LoopOptions:
     """A candidate's loop options: no early stopping (the rungs decide), from the probe."""
     return replace(
@@ -203,6 +230,7 @@ def search(setup: Setup, *, budget_epochs: int, budget_seconds: float | None = N
     model) and no learning rate."""
     work_dir = Path(setup.work_dir)
     num_blocks = setup.num_blocks
+    n_val, score_name = len(setup.data.val.labels), _score_name(setup.options)
     spent = 0.0
 
     def run(
@@ -327,15 +355,15 @@ def search(setup: Setup, *, budget_epochs: int, budget_seconds: float | None = N
         if not alive:
             break
         # The better half goes on (the probe's bar applies to the winner: the board
-        # below ranks it with the rest, ties to the cheaper model).
-        ranked = sorted(alive, key=lambda i: _rank(board[i]))
-        alive = ranked[: max(1, math.ceil(len(alive) / ETA))]
+        # below ranks it with the rest).
+        order = ranked([board[i] for i in alive], n_val=n_val, score_name=score_name)
+        alive = [e["candidate"] for e in order][: max(1, math.ceil(len(alive) / ETA))]
         if len(alive) <= 1:  # the final run trains the winner; nothing left to compare
             break
-    entries = [probe, *(e for e in board.values() if e is not None)]
-    entries.sort(key=_rank)
-    n_val = len(setup.data.val.labels)
-    _choose(entries, probe, n_val=n_val, score_name=_score_name(setup.options))
+    entries = ranked(
+        [probe, *(e for e in board.values() if e is not None)], n_val=n_val, score_name=score_name
+    )
+    _choose(entries, probe, n_val=n_val, score_name=score_name)
     return entries
 
 
@@ -359,7 +387,7 @@ def _choose(entries: list[dict], probe: dict, *, n_val: int, score_name: str) ->
     top = entries[0]
     if top is not probe and score_name == "accuracy" and BAR_SE > 0:
         p = probe["val_score"]
-        se = math.sqrt(max(p * (1.0 - p), 1.0 / max(n_val, 1)) / max(n_val, 1))
+        se = _se(p, n_val)
         if top["val_score"] - p <= BAR_SE * se:
             top = probe
             what = "the linear model" if probe.get("stage") == "linear" else "the probe"
