@@ -273,7 +273,7 @@ def train(
         # No search, or rung 0 won: head only is the probe, refitted on train + val; the
         # linear model, when it won, is the job's model.
         linear = leaderboard is not None and best.get("stage") == "linear"
-        model = (setup.make_linear if linear and setup.make_linear else make_model)()
+        model = (setup.make_linear if linear else make_model)()  # linear: make_linear is set
         plans = plan_schedule(
             strategy=strategy,
             num_blocks=len(model.blocks),
