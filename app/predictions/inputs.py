@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from PIL import Image
@@ -67,18 +69,27 @@ def pixel_budget(files: list[Upload]) -> int:
     return pixels
 
 
+# Decoding and resizing release the GIL (Pillow's codecs and resampling), so the files of
+# one request are prepared on every core at once rather than one after another.
+_PREPARERS = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="decode")
+
+
 def prepared_images(predictor, files: list[Upload]) -> list:
     """The files decoded and resized to the model's size (predictor.check), or a 422
-    naming the file that is not a readable image."""
+    naming the first file, in order, that is not a readable image."""
     size = getattr(predictor, "image_size", None)
-    images = []
-    for f in files:
+
+    def prepared(f: Upload):
         try:
-            images.append(decode_image(f.data, size))
+            image = decode_image(f.data, size)
         except EngineError as exc:
             exc.field, exc.message = "files", f"files: {f.filename!r}: {exc.message}"
             raise
-    return predictor.check(images)
+        return predictor.check([image])[0]
+
+    if len(files) < 2:
+        return [prepared(f) for f in files]
+    return list(_PREPARERS.map(prepared, files))
 
 
 def top_k(value, n_classes: int) -> int:

@@ -140,9 +140,11 @@ class Batcher:
             return False
         return self._running == 0 or self._queued_inputs >= MIN_SIDE
 
-    def _next_batch(self) -> list[tuple[_Pending, int, int]] | None:
-        """[(request, start, end)] slices of queued requests for one pass; None once
-        closed and drained (the worker ends)."""
+    def _next_batch(self) -> tuple[list[tuple[_Pending, int, int]], bool] | None:
+        """([(request, start, end)] slices of queued requests for one pass, whether it
+        runs alone); None once closed and drained (the worker ends). A pass runs alone
+        when no other is running and it takes everything queued: it may then use every
+        core (predictor.forward_alone), where side by side each pass has one."""
         with self._cond:
             self._idle += 1
             while not self._closed and not self._ready():
@@ -167,17 +169,23 @@ class Batcher:
                 if p.taken == len(p.inputs):
                     self._queue.popleft()
             self._queued_inputs -= sum(end - start for _, start, end in batch)
+            alone = self._running == 0 and not self._queue
             self._running += 1
             if self._queue:
                 self._cond.notify()  # the rest for another free worker
-            return batch
+            return batch, alone
 
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
+        while (taken := self._next_batch()) is not None:
+            batch, alone = taken
             inputs = [x for p, start, end in batch for x in p.inputs[start:end]]
             BATCH_SIZE.observe(len(inputs))
+            top_k = max(p.top_k for p, _, _ in batch)
             try:
-                results = self.predictor.predict(inputs, max(p.top_k for p, _, _ in batch))
+                if alone and getattr(self.predictor, "forward_alone", None) is not None:
+                    results = self.predictor.predict(inputs, top_k, alone=True)
+                else:
+                    results = self.predictor.predict(inputs, top_k)
                 error = None
             except Exception as exc:  # hand the failure to every waiting request
                 results, error = None, exc

@@ -65,6 +65,12 @@ class _TaskOutput:
     # Forward passes that may run at once from different threads (predict's batcher
     # workers): more than one only on a single-threaded ONNX Runtime session (accelerate).
     parallel_runs = 1
+    # With those: the same model on a session of every core's threads, for a pass that
+    # runs alone (predict(alone=True)); None runs every pass on `forward`.
+    forward_alone = None
+
+    def _forward(self, alone: bool):
+        return self.forward_alone if alone and self.forward_alone is not None else self.forward
 
     def _set_task(self, config: dict) -> None:
         self.config = config
@@ -151,13 +157,15 @@ class Predictor(_TaskOutput):
         _use(self, runner)
         return self
 
-    def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+    def predict_tensor(self, batch: torch.Tensor, alone: bool = False) -> torch.Tensor:
         """uint8 (N,3,S,S) at image_size -> the task's outputs (N, head) on the CPU:
-        class probabilities, per-label scores or values."""
+        class probabilities, per-label scores or values. `alone`: no other pass runs
+        beside this one, so it may take every core (forward_alone)."""
         out = []
+        forward = self._forward(alone)
         with torch.inference_mode(), _amp(self.device):
             for chunk in batch.split(self.batch_size):
-                logits = self.forward(chunk.to(self.device)).float()
+                logits = forward(chunk.to(self.device)).float()
                 out.append(self.output_layer(logits).cpu())
         head = self.config.get("num_classes", len(self.classes))
         return torch.cat(out) if out else torch.empty(0, head)
@@ -173,11 +181,14 @@ class Predictor(_TaskOutput):
             raise InvalidInput("an image model takes images (multipart 'files')")
         return [pil_to_uint8(img, self.image_size) for img in inputs]
 
-    def predict(self, inputs: list[torch.Tensor], top_k: int = 1) -> list[dict]:
+    def predict(
+        self, inputs: list[torch.Tensor], top_k: int = 1, alone: bool = False
+    ) -> list[dict]:
         """Inputs from check() -> [{label, score, top_k: [{label, score}]}] in order."""
         if not inputs:
             return []
-        return self.output.present(self.predict_tensor(torch.stack(inputs)), self.config, top_k)
+        out = self.predict_tensor(torch.stack(inputs), alone)
+        return self.output.present(out, self.config, top_k)
 
 
 def _side_by_side(device: torch.device) -> dict:
@@ -193,6 +204,7 @@ def _use(predictor, runner: runtime.Runner) -> None:
     flight finishes on either), with how many passes may run at once."""
     side_by_side = runner.name == runtime.ONNX and runner.info.get("threads") == 1
     predictor.parallel_runs = torch.get_num_threads() if side_by_side else 1
+    predictor.forward_alone = runner.alone if side_by_side else None
     predictor.forward, predictor.runtime, predictor.runtime_info = runner, runner.name, runner.info
 
 
@@ -263,14 +275,15 @@ class _TensorPredictor(_TaskOutput):
     def check(self, inputs: list) -> list:
         raise NotImplementedError
 
-    def predict(self, inputs: list, top_k: int = 1) -> list[dict]:
+    def predict(self, inputs: list, top_k: int = 1, alone: bool = False) -> list[dict]:
         if not inputs:
             return []
         x = self.encode(inputs)
         out = []
+        forward = self._forward(alone)
         with torch.inference_mode():
             for chunk in x.split(self.batch_size):
-                logits = self.forward(chunk.to(self.device)).float()
+                logits = forward(chunk.to(self.device)).float()
                 out.append(self.output_layer(logits).cpu())
         return self.output.present(torch.cat(out), self.config, top_k)
 

@@ -26,7 +26,8 @@ where the caller asks for a single-threaded session run side by side (`parallel`
 predict, whose batcher runs one pass per core. Intra-op threads meet at a barrier after
 every operator, so on a small machine any other thread that takes a core (the API's
 event loop, its clients, another job) stalls the whole pass; passes side by side on one
-core each do not wait for each other.
+core each do not wait for each other. Such a runner also carries `alone`: a session of
+the same checked export on `parallel` threads, for a pass that has the cores to itself.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ class Runner:
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     info: dict = field(default_factory=dict)
+    # For a single-threaded ONNX Runtime session run side by side (`parallel`): a second
+    # session of the same checked file on all `parallel` threads, for a pass that runs
+    # alone (a lone request: one thread would leave the other cores idle).
+    alone: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
@@ -133,6 +138,7 @@ class _Ort:
         # else runs on the cores (the API's event loop, torch's own pool, other jobs);
         # measured on 2 busy cores, spinning was also slower for ONNX Runtime itself.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.path, self.threads = path, threads
         self.session = ort.InferenceSession(
             str(path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
@@ -381,17 +387,41 @@ def prepare(
         _choices[choice_key] = name
     info["runtime"] = name
     fn = built[name]
+    alone = None
+    if name == ONNX and threads == 1 and parallel > 1:
+        alone = _alone_session(fn, parallel, module, check, expected, tolerance, info)
     if name in (ONNX, TORCHSCRIPT):
         # Exported for inputs of the example's shape but for the `dynamic` axes: another
         # shape (a text split padded to another length) runs eager rather than fail.
         fixed = [(d, n) for d, n in enumerate(example.shape) if d not in dynamic]
-        fast = fn
 
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            ok = x.dim() == example.dim() and all(x.shape[d] == n for d, n in fixed)
-            return fast(x) if ok else module(x)
+        def shaped(fast: Callable) -> Callable:
+            def run(x: torch.Tensor) -> torch.Tensor:
+                ok = x.dim() == example.dim() and all(x.shape[d] == n for d, n in fixed)
+                return fast(x) if ok else module(x)
 
-    return Runner(name, fn, info)
+            return run
+
+        fn = shaped(fn)
+        alone = shaped(alone) if alone is not None else None
+    return Runner(name, fn, info, alone)
+
+
+def _alone_session(session, threads, module, check, expected, tolerance, info):
+    """A session of `session`'s checked ONNX file on `threads` intra-op threads, checked
+    against eager as the first was; None (logged in `info`) if it fails."""
+    try:
+        with _lock, torch.no_grad():
+            alone = _Ort(session.path, threads)
+            diff = max_diff(alone(check), expected)
+    except Exception as exc:  # noqa: BLE001 - the side-by-side session still serves
+        info["alone_rejected"] = f"{type(exc).__name__}: {exc}"[:300]
+        return None
+    if not diff <= tolerance:
+        info["alone_rejected"] = f"differs from eager by {diff:.2e}"
+        return None
+    info["alone_threads"] = threads
+    return alone
 
 
 def forget_choices() -> None:

@@ -19,13 +19,15 @@ class Recorder:
 
     def __init__(self, delay: float = 0.0, fail: bool = False, parallel_runs: int = 1):
         self.batches: list[int] = []
+        self.alone: list[bool] = []  # per pass: whether the batcher said it runs alone
         self.delay, self.fail, self.parallel_runs = delay, fail, parallel_runs
         self.lock = threading.Lock()
         self.running = self.most_running = 0
 
-    def predict(self, inputs: list, top_k: int = 1) -> list[dict]:
+    def predict(self, inputs: list, top_k: int = 1, **kw) -> list[dict]:
         with self.lock:
             self.batches.append(len(inputs))
+            self.alone.append(kw.get("alone", False))
             self.running += 1
             self.most_running = max(self.most_running, self.running)
         time.sleep(self.delay)
@@ -112,6 +114,35 @@ def test_a_second_pass_starts_beside_a_running_one_only_for_enough_inputs() -> N
     asyncio.run(main(4))
     assert recorder.batches == [1, 4] and recorder.most_running == 2
     batcher.close()
+
+
+def test_a_pass_alone_may_take_every_core_and_passes_side_by_side_one_each() -> None:
+    """With a runtime for passes alone (predictor.forward_alone), a pass runs alone when
+    nothing else runs and it takes everything queued; passes that share the cores (a
+    large request split, or one that starts beside a running pass) do not."""
+    recorder = Recorder(delay=0.2, parallel_runs=2)
+    recorder.forward_alone = object()
+    batcher = Batcher(recorder, max_batch=16)
+
+    async def after(delay: float, n: int) -> list[dict]:
+        await asyncio.sleep(delay)
+        return await batcher.submit(list(range(n)), 1)
+
+    async def main() -> None:
+        await after(0, 1)  # alone
+        await after(0.05, 16)  # split over both workers
+        await asyncio.gather(after(0, 1), after(0.05, 4))  # alone, then one beside it
+
+    asyncio.run(main())
+    assert recorder.batches == [1, 8, 8, 1, 4]
+    assert recorder.alone == [True, False, False, True, False]
+    batcher.close()
+    # Without such a runtime the batcher never asks for one.
+    plain = Recorder(parallel_runs=2)
+    plain_batcher = Batcher(plain, max_batch=16)
+    asyncio.run(plain_batcher.submit([1], 1))
+    assert plain.alone == [False]
+    plain_batcher.close()
 
 
 def test_one_worker_unless_the_predictor_runs_passes_side_by_side() -> None:

@@ -115,6 +115,15 @@ def test_accelerated_predictor_runs_the_fastest_checked_runtime(
     assert first.runtime == best, info
     for n in (1, 2, 7):  # exported at batch 2: other batch sizes give the same answers
         torch.testing.assert_close(first.predict_tensor(batch[:n]), eager[:n], atol=1e-4, rtol=0)
+    # ONNX Runtime runs one-thread sessions side by side, and a pass alone on a session
+    # of the same export with every thread; the other runtimes use every thread anyway.
+    if first.runtime == "onnxruntime":
+        assert first.parallel_runs == 2 and info["alone_threads"] == 2, info
+        for n in (1, 7):
+            alone = first.predict_tensor(batch[:n], alone=True)
+            torch.testing.assert_close(alone, eager[:n], atol=1e-4, rtol=0)
+    else:
+        assert first.parallel_runs == 1 and first.forward_alone is None
     # A second load of the same architecture and size reuses the choice: no trial.
     second = predictor().accelerate(tmp_path / "model-runtime")
     assert second.runtime == first.runtime

@@ -191,6 +191,37 @@ def test_an_input_of_another_shape_runs_eager_rather_than_fail(tmp_path: Path):
 
 
 @needs_ort
+def test_one_thread_sessions_side_by_side_have_an_all_thread_twin_for_a_pass_alone(
+    tmp_path: Path,
+):
+    """Predict runs one-thread sessions side by side; a pass that runs alone takes a
+    second session of the same export on as many threads, checked against eager too."""
+    model = build_model(base_model="tiny_cnn", num_classes=3, pretrained=False).eval()
+    x = torch.rand(4, 3, 32, 32)
+    runner = runtime.prepare(
+        model,
+        example=x[:2],
+        check=x,
+        candidates=(runtime.ONNX,),
+        cache_dir=tmp_path,
+        threads=1,
+        parallel=2,
+    )
+    assert runner.name == runtime.ONNX and runner.alone is not None
+    assert runner.info["threads"] == 1 and runner.info["alone_threads"] == 2, runner.info
+    assert len(list(tmp_path.glob("*.onnx"))) == 1  # one export serves both sessions
+    other = torch.rand(2, 3, 40, 40)  # another shape runs eager, as on the first session
+    with torch.inference_mode():
+        torch.testing.assert_close(runner.alone(x), model(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(runner.alone(other), model(other))
+    runtime.forget_choices()
+    plain = runtime.prepare(
+        model, example=x[:2], check=x, candidates=(runtime.ONNX,), cache_dir=tmp_path, threads=2
+    )
+    assert plain.alone is None and "alone_threads" not in plain.info
+
+
+@needs_ort
 def test_a_head_only_job_reports_the_runtime_of_its_frozen_pass(
     digits_small: Path, tmp_path: Path, monkeypatch
 ):
