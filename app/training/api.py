@@ -227,7 +227,7 @@ def train(
         )
 
     strategy, trainable_blocks, lr = requested, config.trainable_blocks, config.learning_rate
-    leaderboard = None
+    leaderboard = won = None
     # What the search and its winner's final evaluation share.
     setup = auto.Setup(
         make_model=make_model,
@@ -253,22 +253,22 @@ def train(
         name = task.objective_class.score_name
         for entry in leaderboard:  # also under the score's own name (val_accuracy, ...)
             entry[f"val_{name}"] = entry["val_score"]
+        # A fine-tuned candidate that won: its own run, completed from where the search
+        # left it (the last rung), is the model.
+        won = auto.conclude(
+            setup,
+            leaderboard,
+            budget_epochs=config.auto_budget_epochs,
+            budget_seconds=config.auto_budget_seconds,
+        )
         best = next(e for e in leaderboard if e.get("chosen"))
         strategy, trainable_blocks = best["strategy"], best["trainable_blocks"]
         lr = best["learning_rate"] or config.learning_rate  # None: rung 0 won
         options = replace(options, probe=True)  # the final run starts from the probe too
 
-    if leaderboard is not None and best.get("stage") not in auto.RUNG_ZERO:
-        # A fine-tuned candidate won: its own run, completed from where the search left
-        # it (the last rung), is the model.
-        upto = auto.final_epochs(
-            best,
-            leaderboard,
-            budget_epochs=config.auto_budget_epochs,
-            budget_seconds=config.auto_budget_seconds,
-        )
-        model, result = auto.finish(setup, best, upto=upto)
-        epochs = upto
+    if won is not None:
+        best, model, result = won
+        epochs = best["completed"]["epochs"]
     else:
         # No search, or rung 0 won: head only is the probe, refitted on train + val; the
         # linear model, when it won, is the job's model.

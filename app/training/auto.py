@@ -10,8 +10,10 @@ worse on validation than the probe. Rung r gives the surviving candidates 2^r ep
 times the first rung's epochs in all (a candidate continues from its own checkpoint: the
 loop's exact resume), then the better half goes on, until one is left or the budget
 (epochs, or seconds) is spent. The one left runs the last rung: its own run goes on to
-the end of its plan, as long as the last rung (`finish`). The first rung gets as many
-epochs as the epochs budget allows for the whole halving, the last rung included.
+the end of its plan, as long as the last rung (`finish`); so does a leader ahead of the
+probe but inside its bar, which is then judged on the completed run (`conclude`). The
+first rung gets as many epochs as the epochs budget allows for the whole halving, the
+last rung included.
 
 Why the winner completes its plan: every candidate is planned (its cosine schedule) for
 the last rung's epochs, and the search stops them halfway down it. Stopped there, the
@@ -392,16 +394,23 @@ def _score_name(options: LoopOptions) -> str:
     return get_task(options.task).objective_class.score_name
 
 
+def _clears_bar(score: float, probe: dict, *, n_val: int, score_name: str) -> bool:
+    """Whether a candidate's validation `score` beats rung 0's (`probe`) by more than
+    BAR_SE standard errors (any score other than accuracy: by anything)."""
+    if score_name != "accuracy" or BAR_SE <= 0:
+        return score > probe["val_score"]
+    return score - probe["val_score"] > BAR_SE * _se(probe["val_score"], n_val)
+
+
 def _choose(entries: list[dict], probe: dict, *, n_val: int, score_name: str) -> None:
     """Mark the model the job keeps (`chosen`): the best-ranked entry if it clears the
     bar of `probe` (rung 0: the probe or the linear model), else `probe`."""
     top = entries[0]
     if top is not probe and score_name == "accuracy" and BAR_SE > 0:
-        p = probe["val_score"]
-        se = _se(p, n_val)
-        if top["val_score"] - p <= BAR_SE * se:
+        if not _clears_bar(top["val_score"], probe, n_val=n_val, score_name=score_name):
             top = probe
             what = "the linear model" if probe.get("stage") == "linear" else "the probe"
+            se = _se(probe["val_score"], n_val)
             probe["bar"] = f"no candidate beat {what} by more than {BAR_SE:g} SE ({se:.3f})"
     top["chosen"] = True
 
@@ -418,6 +427,46 @@ def final_epochs(
         per_epoch = entry["seconds"] / done
         more = min(more, int((budget_seconds - sum(e["seconds"] for e in board)) / per_epoch))
     return done + max(0, more)
+
+
+def conclude(
+    setup: Setup, board: list[dict], *, budget_epochs: int, budget_seconds: float | None
+) -> tuple[dict, TransferModel, FitResult] | None:
+    """The search's outcome, from its board (`search`): (the leaderboard entry kept, its
+    model, its fit) when a fine-tuned candidate is the job's model, else None (rung 0
+    stays: the caller fits it).
+
+    The best-ranked candidate always runs its last rung (`final_epochs`, `finish`) when
+    it leads rung 0 on validation, even inside the bar: the search stopped it halfway
+    down its plan, so the bar is judged again on the completed run. If it then clears
+    the bar it becomes the chosen entry; if not, rung 0 stays chosen and the completed
+    run is dropped. Measured on digits (lite0, 64 px; 60 validation images): the top 4
+    blocks led the probe by 0.033 after 4 of 8 epochs, inside the bar (0.041), and the
+    probe was kept: 0.931 held out in 23.6 s. Completed, they scored 0.950 on validation
+    against the probe's 0.883, and 0.951 held out, in 32.7 s (logistic regression on the
+    same features: 0.929)."""
+    probe = next(e for e in board if e.get("stage") in RUNG_ZERO)
+    top, chosen = board[0], next(e for e in board if e.get("chosen"))
+    if top is probe or not top["val_score"] > probe["val_score"]:
+        return None
+    upto = final_epochs(top, board, budget_epochs=budget_epochs, budget_seconds=budget_seconds)
+    if chosen is probe and upto <= top["epochs"]:
+        return None  # no budget left to complete it: the bar stands as judged
+    model, result = finish(setup, top, upto=upto)
+    top["completed"] = {
+        "epochs": upto,
+        "val_score": result.best_val_score,
+        "val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
+    }
+    if chosen is probe:
+        n_val, score_name = len(setup.data.val.labels), _score_name(setup.options)
+        if not _clears_bar(result.best_val_score, probe, n_val=n_val, score_name=score_name):
+            probe["bar"] += f"; the leader, completed to {upto} epochs, did not either"
+            return None
+        del probe["chosen"], probe["bar"]
+        top["chosen"] = True
+    return top, model, result
 
 
 def finish(

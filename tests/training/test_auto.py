@@ -142,6 +142,58 @@ def test_the_winner_completes_its_plan_from_where_the_search_left_it(
     assert result.metrics["accuracy"] > 1.5 / len(result.classes)  # better than chance
 
 
+def test_a_leader_inside_the_bar_is_completed_and_judged_again(tmp_path: Path, monkeypatch):
+    """The search stops its leader halfway down its plan. A leader ahead of the probe but
+    inside the bar runs its last rung anyway, and the bar is judged on the completed run:
+    kept if it clears it, the probe otherwise."""
+    config = TrainConfig(
+        base_model="tiny_cnn",
+        pretrained=False,  # random features: the probe is weak, training gains (seeded)
+        strategy="auto",
+        learning_rate=0.003,
+        image_size=32,
+        batch_size=16,
+        auto_budget_epochs=18,
+        device="cpu",
+    )
+    digits = make_digits_dataset(tmp_path / "d", train_per_class=60, test_per_class=4, size=32)
+
+    def run(bar_se: float, name: str):
+        monkeypatch.setattr(auto, "BAR_SE", bar_se)
+        reports: list[dict] = []
+        result = train(
+            config=config,
+            dataset_dir=digits,
+            work_dir=tmp_path / name,
+            cache_dir=tmp_path / "c",
+            on_epoch=reports.append,
+        )
+        probe = next(e for e in result.leaderboard if e.get("stage") == "probe")
+        final = [r["epoch"] for r in reports if r.get("phase") == "final"]
+        return result, result.leaderboard[0], probe, final
+
+    # A bar no leader clears: the leader is completed all the same, then the probe kept.
+    result, lead, probe, final = run(100.0, "high")
+    assert lead.get("stage") is None and lead["val_score"] > probe["val_score"]
+    done = lead["completed"]
+    assert done["epochs"] == lead["planned_epochs"] > lead["epochs"]
+    assert final == list(range(lead["epochs"] + 1, done["epochs"] + 1))
+    assert probe.get("chosen") and not lead.get("chosen")
+    assert f"completed to {done['epochs']} epochs" in probe["bar"]
+    assert result.strategy == "partial" and len(result.history) == 1  # the probe alone
+    assert done["val_score"] > lead["val_score"], "precondition: completing it gained"
+    # A bar between the leader's two scores: short of it at the search, clear completed.
+    n_val = sum(map(sum, result.val_metrics["confusion_matrix"]))
+    midway = (lead["val_score"] + done["val_score"]) / 2 - probe["val_score"]
+    result, lead2, probe, final = run(midway / auto._se(probe["val_score"], n_val), "mid")
+    assert lead2["candidate"] == lead["candidate"] and lead2["completed"] == done
+    assert lead2.get("chosen") and not probe.get("chosen") and "bar" not in probe
+    assert final == list(range(lead["epochs"] + 1, done["epochs"] + 1))
+    assert result.strategy == lead["strategy"] and result.epochs == done["epochs"]
+    assert result.val_metrics["accuracy"] == pytest.approx(done["val_score"])
+    assert len(result.history) == done["epochs"] + 1  # the probe, then its 8 epochs
+
+
 def test_a_seconds_budget_stops_the_search_after_the_probe(
     digits_small: Path, tmp_path: Path
 ) -> None:
