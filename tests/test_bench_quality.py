@@ -57,7 +57,7 @@ DATA_NOUN = (
     "  1 This software and database is being provided to you, the LICENSEE, by  \n"
     "  2 Princeton University under the following license.  | not a gloss  \n"
     "00001740 03 n 01 entity 0 003 ~ 00001930 n 0000 | that which is perceived  \n"
-    "00002000 05 n 01 dog 0 000 | a domesticated canid; \"the dog barked\"  \n"
+    '00002000 05 n 01 dog 0 000 | a domesticated canid; "the dog barked"  \n'
     "00002001 05 n 01 cat 0 000 | a small feline  \n"
     "00002002 06 n 01 chair 0 000 | a seat for one person  \n"
     "00002003 06 n 01 table 0 000 | furniture with a flat top  \n"

@@ -107,24 +107,27 @@ def _check_model_size(*, dataset, base: dict) -> None:
         )
 
 
-def _with_strategy(spec: JobSpec, base: dict) -> JobSpec:
-    """The spec with the strategy the job will run (null: chosen from the base model);
-    a strategy that keeps randomly initialised layers frozen is a 422."""
+def _resolved(spec: JobSpec, base: dict) -> JobSpec:
+    """The spec with the strategy and the learning rate the job will run (null: chosen
+    from the base model); a strategy that keeps randomly initialised layers frozen is a
+    422."""
     has_init = "parent_model_id" in base or "upload_id" in base
     architecture = base.get("architecture") or spec.base_model
+    has_weights = training.has_pretrained_weights(
+        architecture, pretrained=spec.pretrained, has_init=has_init
+    )
     # resolve_strategy's refusal is an InvalidConfig naming `strategy`: a 422 by the one
     # error table (app/main.py), no translation here.
     strategy = training.resolve_strategy(
-        spec.strategy,
-        base_model=architecture,
-        has_weights=training.has_pretrained_weights(
-            architecture, pretrained=spec.pretrained, has_init=has_init
-        ),
+        spec.strategy, base_model=architecture, has_weights=has_weights
+    )
+    learning_rate = training.resolve_learning_rate(
+        spec.learning_rate, base_model=architecture, strategy=strategy, has_weights=has_weights
     )
     # The engine's one check of the config against the model, before the job is queued
     # (an InvalidConfig naming trainable_blocks: a 422).
     training.check_trainable_blocks(spec.trainable_blocks, base_model=architecture)
-    return spec.model_copy(update={"strategy": strategy})
+    return spec.model_copy(update={"strategy": strategy, "learning_rate": learning_rate})
 
 
 def create(
@@ -141,7 +144,7 @@ def create(
     dataset = datasets.get(session=session, owner=owner, dataset_id=spec.dataset_id, lock="share")
     base = _check_base_model(session=session, owner=owner, spec=spec, task=dataset.task)
     _check_model_size(dataset=dataset, base=base)
-    spec = _with_strategy(spec, base)
+    spec = _resolved(spec, base)
     job = Job(
         id=new_id("job"),
         owner_id=owner.id,

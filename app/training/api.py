@@ -27,7 +27,7 @@ from app.training.build import (
     get_base_model,
     num_blocks,
 )
-from app.training.config import TrainConfig, validate_config
+from app.training.config import DEFAULT_LEARNING_RATE, TrainConfig, validate_config
 from app.training.data import load_dataset
 from app.training.errors import DatasetError, InvalidConfig
 from app.training.feature_store import FeatureStore
@@ -67,6 +67,20 @@ def resolve_strategy(strategy: str | None, *, base_model: str, has_weights: bool
             field="strategy",
         )
     return strategy
+
+
+def resolve_learning_rate(
+    learning_rate: float | None, *, base_model: str, strategy: str, has_weights: bool
+) -> float:
+    """The base rate a job runs at: the job's own, else the base model's rate for `full`
+    on pretrained weights (build.BaseModel.full_learning_rate), else the default. `auto`
+    keeps the default: its candidates derive their rates from it (auto.candidates)."""
+    if learning_rate is not None:
+        return learning_rate
+    own = get_base_model(base_model).full_learning_rate
+    if strategy == "full" and has_weights and own is not None:
+        return own
+    return DEFAULT_LEARNING_RATE
 
 
 def check_trainable_blocks(trainable_blocks: int, *, base_model: str) -> int:
@@ -226,7 +240,13 @@ def train(
             hidden=tabular.LINEAR,
         )
 
-    strategy, trainable_blocks, lr = requested, config.trainable_blocks, config.learning_rate
+    lr = resolve_learning_rate(
+        config.learning_rate,
+        base_model=config.base_model,
+        strategy=requested,
+        has_weights=has_weights,
+    )
+    strategy, trainable_blocks = requested, config.trainable_blocks
     leaderboard = won = None
     # What the search and its winner's final evaluation share.
     setup = auto.Setup(
@@ -235,7 +255,7 @@ def train(
         data=data,
         options=options,
         num_blocks=blocks,
-        learning_rate=config.learning_rate,
+        learning_rate=lr,
         lr_decay=config.lr_decay,
         work_dir=work_dir / "auto",
         feature_store=store,
@@ -263,7 +283,7 @@ def train(
         )
         best = next(e for e in leaderboard if e.get("chosen"))
         strategy, trainable_blocks = best["strategy"], best["trainable_blocks"]
-        lr = best["learning_rate"] or config.learning_rate  # None: rung 0 won
+        lr = best["learning_rate"] or lr  # None: rung 0 won
         options = replace(options, probe=True)  # the final run starts from the probe too
 
     if won is not None:

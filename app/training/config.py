@@ -29,6 +29,9 @@ from app.training.schedule import STRATEGIES
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "step", "onecycle", "none")
 TEXT_DEFAULT_MAX_LENGTH = 128  # tokens per input (longer is truncated)
+# The base rate where the job names none (api.resolve_learning_rate); a base model may
+# set its own for full fine-tuning of its pretrained weights (build.BaseModel).
+DEFAULT_LEARNING_RATE = 1e-3
 TEXT_POSITIONS = 512  # the encoder's position embeddings
 
 # The registries the choices come from. "auto" searches over STRATEGIES (auto.py).
@@ -78,7 +81,14 @@ class TrainConfig:
     epochs: int | None = option(
         None, "null: chosen from the dataset size (a floor of steps)", ge=1, le=1000
     )
-    learning_rate: float = option(1e-3, gt=0, le=10)
+    learning_rate: float | None = option(
+        None,
+        f"null: chosen from the base model and the strategy ({DEFAULT_LEARNING_RATE:g}; "
+        "the base model's own rate for full fine-tuning of its pretrained weights, "
+        "minilm-l6: 1e-4); the chosen one is stored",
+        gt=0,
+        le=10,
+    )
     batch_size: int = option(32, ge=1, le=4096)
     optimizer: Optimizer = option("adamw")
     weight_decay: float = option(1e-4, ge=0, le=1)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save
 
 from app.training.build import build_model
-from tests.csvdata import iris_csv
+from tests.csvdata import iris_csv, topics_csv
 from tests.helpers import digits_zip
 
 
@@ -100,6 +100,36 @@ def test_a_job_spec_records_the_strategy_chosen_for_its_base_model(api, iris, tm
     for bad in (0, -1, "soon"):
         err = _error(api.post("/v1/jobs", json={**base, "auto_budget_seconds": bad}), 422)
         assert "auto_budget_seconds" in err["message"]
+
+
+def test_a_job_spec_records_the_learning_rate_chosen_for_its_base_model(api, iris, tmp_path):
+    """No learning_rate: 1e-3, except full fine-tuning of a pretrained base model that
+    names its own rate (MiniLM: 1e-4); auto's candidates derive from 1e-3; a rate the
+    job names is kept."""
+    with topics_csv(tmp_path / "t.csv").open("rb") as f:
+        texts = api.post(
+            "/v1/datasets",
+            files={"file": ("t.csv", f, "text/csv")},
+            data={
+                "task": "text_classification",
+                "label_column": "topic",
+                "text_column": "sentence",
+            },
+        )
+    assert texts.status_code == 201, texts.text
+    text = {"dataset_id": texts.json()["id"], "base_model": "minilm-l6"}
+    cases = [
+        ({**text, "strategy": "full"}, 1e-4),
+        (text, 1e-3),  # the probe
+        ({**text, "strategy": "partial", "trainable_blocks": 2}, 1e-3),
+        ({**text, "strategy": "auto"}, 1e-3),
+        ({**text, "strategy": "full", "learning_rate": 3e-4}, 3e-4),
+        ({"dataset_id": iris["id"], "base_model": "mlp"}, 1e-3),  # full, random weights
+    ]
+    for spec, rate in cases:
+        job = api.post("/v1/jobs", json=spec)
+        assert job.status_code == 202, job.text
+        assert job.json()["spec"]["learning_rate"] == pytest.approx(rate), spec
 
 
 class _Planted:

@@ -154,7 +154,10 @@ def test_finish_is_guarded_by_the_lease(session):
     _claim(session, job_id, "w1")
     assert not lifecycle.finish(session=session, job_id=job_id, worker="w2", status="succeeded")
     assert lifecycle.finish(
-        session=session, job_id=job_id, worker="w1", status="failed",
+        session=session,
+        job_id=job_id,
+        worker="w1",
+        status="failed",
         error={"code": "x", "message": "y"},
     )
     job = _row(session, job_id)
@@ -168,7 +171,9 @@ def test_record_epoch_keeps_one_row_per_epoch(session):
     _claim(session, job_id, "w1")
     for epoch in (1, 2, 2):  # a resumed attempt may re-report epoch 2
         assert lifecycle.record_epoch(
-            session=session, job_id=job_id, worker="w1",
+            session=session,
+            job_id=job_id,
+            worker="w1",
             report={"epoch": epoch, "epochs": 4, "train_loss": 1.0 / epoch},
         )
     job = _row(session, job_id)
@@ -191,15 +196,24 @@ def test_stale_jobs_finds_lost_messages_and_dead_workers(session):
     sent_recently = _job(session, created_at=old, enqueued_at=now - timedelta(seconds=30))
     sent_long_ago = _job(session, created_at=old, enqueued_at=now - timedelta(hours=1))
     dead_worker = _job(
-        session, status="running", created_at=old, enqueued_at=old,
+        session,
+        status="running",
+        created_at=old,
+        enqueued_at=old,
         lease_expires_at=now - timedelta(seconds=10),
     )
     live_worker = _job(
-        session, status="running", created_at=old, enqueued_at=old,
+        session,
+        status="running",
+        created_at=old,
+        enqueued_at=old,
         lease_expires_at=now + timedelta(seconds=30),
     )
     resent_after_expiry = _job(
-        session, status="running", created_at=old, enqueued_at=now - timedelta(seconds=5),
+        session,
+        status="running",
+        created_at=old,
+        enqueued_at=now - timedelta(seconds=5),
         lease_expires_at=now - timedelta(seconds=10),
     )
     done = _job(session, status="succeeded", created_at=old)

@@ -137,6 +137,7 @@ def test_predict_json_inputs_that_used_to_500_get_422s_naming_the_field(dist, ta
 
     def row(value: str) -> str:
         return good.replace("5.1", value)
+
     cases = [
         ("top_k Infinity", body(f"[{good}]", "Infinity"), "top_k"),
         ("top_k 1e400", body(f"[{good}]", "1e400"), "top_k"),
