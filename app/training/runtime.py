@@ -430,13 +430,16 @@ def forget_choices() -> None:
 
 
 # Training passes (samples x epochs) below this get no trial: the trial itself (two
-# formats, a few forward+backward steps) would cost more than it saves. They take what
-# an earlier trial of the same (architecture, shape, threads) chose, else the prior
-# below: channels_last from CL_PRIOR_MIN_SIDE px. Measured on this 2-core CPU,
-# EfficientNet-Lite0 forward+backward, batch 32: 224 px 17.1 img/s channels_last
-# against 9.9 NCHW (`python -m bench.service --size 224 --phases full`); at 64 px
-# channels_last was the slower.
-TRAIN_TRIAL_MIN_WORK = 4096
+# formats, a few forward+backward steps of 16: about 160 samples' worth, 0.9 s for
+# EfficientNet-Lite0 at 64 px) would cost more than it saves. They take what an earlier
+# trial of the same (architecture, shape, threads) chose, else the prior below:
+# channels_last from CL_PRIOR_MIN_SIDE px. Which format wins depends on the CPU, not
+# only the size: on one 2-core machine Lite0 at 224 px trained at 17.1 img/s
+# channels_last against 9.9 NCHW and at 64 px channels_last was the slower; on another
+# (with AMX), at 64 px an epoch of 420 digits took 2.2 s channels_last against 3.1 s
+# NCHW for `full` and 1.1 against 1.7 s for the top 4 blocks, which is why an `auto`
+# candidate's 420 samples x 8 epochs now pay for a trial (remembered for the others).
+TRAIN_TRIAL_MIN_WORK = 1024
 CL_PRIOR_MIN_SIDE = 128
 
 
