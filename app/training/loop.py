@@ -32,6 +32,7 @@ presets), the frozen features, `Checkpoints.resume`, `fit_probe`, then per epoch
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -60,7 +61,7 @@ from app.training.freeze import (
 )
 from app.training.optim import create_optimizer, create_scheduler
 from app.training.presets import EvalPreset, TrainPreset
-from app.training.runtime import train_channels_last
+from app.training.runtime import signature, train_autocast, train_channels_last
 from app.training.schedule import EpochPlan, frozen_level
 from app.training.tasks import Fitted, Objective, get_task
 
@@ -227,8 +228,9 @@ def _epoch_report(
 @dataclass
 class Feed:
     """How a batch reaches the model: on its device (pinned copies to CUDA), under bf16
-    autocast on CUDA, channels_last where that measured faster, through the image
-    presets (the identity for text and tabular tensors)."""
+    autocast on CUDA (and for training steps on a CPU where that measured faster),
+    channels_last where that measured faster, through the image presets (the identity
+    for text and tabular tensors)."""
 
     device: torch.device
     amp: contextlib.AbstractContextManager
@@ -236,6 +238,18 @@ class Feed:
     train_preset: Callable[[torch.Tensor], torch.Tensor]
     eval_preset: Callable[[torch.Tensor], torch.Tensor]
     is_text: bool = False  # batches of texts are cut to their longest one (text.trim)
+    # Training steps' autocast when it differs from `amp` (choose_train_amp: bf16 on a
+    # CPU that runs it faster; evaluation stays fp32 there, as predict runs)
+    train_amp: contextlib.AbstractContextManager | None = None
+
+    @property
+    def training_amp(self) -> contextlib.AbstractContextManager:
+        return self.train_amp if self.train_amp is not None else self.amp
+
+    @property
+    def precision(self) -> str:
+        """What training steps compute in: bf16 (autocast) or fp32."""
+        return "bf16" if self.cuda or self.train_amp is not None else "fp32"
 
     @property
     def cuda(self) -> bool:
@@ -294,6 +308,33 @@ def prepare(
         TrainPreset(mean=o.mean, std=o.std, image_size=o.image_size, augment=o.augment),
         EvalPreset(mean=o.mean, std=o.std),
     )
+
+
+def choose_train_amp(
+    model: TransferModel, plan: EpochPlan, feed: Feed, data: _Inputs, objective, options, work: int
+) -> None:
+    """On the CPU, set `feed.train_amp` to bf16 autocast where a timed trial of this
+    training step (on a copy of the model: what `plan` trains, on 16 of `data`, at its
+    level) says it is faster (runtime.train_autocast); `work`: samples x epochs to run."""
+    if feed.cuda or not len(data):
+        return
+    trial = copy.deepcopy(model)
+    apply_plan(trial, plan)
+    set_train_mode(trial, plan, train_bn=options.train_bn)
+    idx = torch.arange(min(16, len(data)))
+    y = feed.to_device(data.labels[idx])
+    x = data.tensor[idx]
+    shape = tuple((text.trim(x) if feed.is_text and x.dim() == 3 else x).shape)
+
+    def step(bf16: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = feed.logits(trial, data, idx, train=True)
+        objective.loss(logits.float(), y).backward()
+        trial.zero_grad(set_to_none=True)
+
+    key = f"{signature(model)}/{'+'.join(plan.trainable_groups())}/{data.level}/{shape}"
+    if train_autocast(key, step, device=feed.device, work=work):
+        feed.train_amp = torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 # ---------------------------------------------------------------- frozen features
@@ -573,7 +614,7 @@ def train_one_epoch(
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor(step)
         y = feed.to_device(data.labels[b])
-        with feed.amp:
+        with feed.training_amp:
             logits = feed.logits(model, data, b, train=True)
         loss = objective.loss(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -756,6 +797,12 @@ def fit(
     single = level == model.pooled_level and not feed.cuda
     with _threads(1) if single else contextlib.nullcontext():
         last = len(plans) if stop_after is None else min(len(plans), stop_after)
+        to_run = 0 if stopped or probe_only else max(0, last - progress.epoch)
+        if to_run and not single:
+            # The work the plans have left (an auto candidate's rungs are parts of one
+            # plan, as the memory format's trial counts them).
+            work = len(train_in) * (len(plans) - progress.epoch)
+            choose_train_amp(model, plans[last - 1], feed, train_in, objective, o, work)
         for epoch in range(progress.epoch, 0 if stopped or probe_only else last):
             t0 = time.perf_counter()
             plan = plans[epoch]
@@ -796,6 +843,7 @@ def fit(
             report["train_seconds"] = train_seconds
             report["train_samples"] = seen
             report["runtime"] = runtime
+            report["precision"] = feed.precision
             if "seconds" in frozen.info:  # the frozen pass: choosing its runtime, then running it
                 report["frozen_pass"] = {k: frozen.info.get(k) for k in FROZEN_PASS_KEYS}
             progress.history.append(report)

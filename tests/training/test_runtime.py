@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,58 @@ def test_training_memory_format_is_measured_once_and_leaves_the_model_alone(tmp_
     big = (2, 3, runtime.CL_PRIOR_MIN_SIDE, runtime.CL_PRIOR_MIN_SIDE)
     assert runtime.train_channels_last(model, big, work=10) is True
     assert len(json.loads((tmp_path / "runtime" / "choices.json").read_text())) == 1
+
+
+def test_training_precision_is_the_faster_of_a_trial_remembered_and_draws_no_random_numbers(
+    tmp_path: Path,
+):
+    """train_autocast: bf16 autocast for training steps on the CPU only where a timed
+    trial of the step says it is faster; the choice is remembered per key, too little
+    work gets fp32 with no trial, and the trial leaves torch's random state alone."""
+    calls: list[bool] = []
+
+    def step(slow_one: bool):
+        def run(bf16: bool) -> None:
+            calls.append(bf16)
+            torch.rand(3)  # as dropout draws
+            time.sleep(0.02 if bf16 == slow_one else 0.0)
+
+        return run
+
+    assert runtime.train_autocast("k", step(False), work=10) is False  # too little work
+    assert calls == [] and not (tmp_path / "runtime" / "choices.json").exists()
+    state = torch.random.get_rng_state()
+    assert runtime.train_autocast("k", step(slow_one=False), work=10**6) is True
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert set(calls) == {True, False}
+    assert runtime.train_autocast("other", step(slow_one=True), work=10**6) is False
+    choices = json.loads((tmp_path / "runtime" / "choices.json").read_text())
+    assert sorted(v for k, v in choices.items() if k.startswith("train-amp/cpu/")) == [
+        "bf16",
+        "fp32",
+    ]
+    calls.clear()  # remembered: no second trial, whatever the step would say now
+    assert runtime.train_autocast("k", step(slow_one=True), work=10**6) is True
+    assert runtime.train_autocast("k", step(slow_one=True), work=10) is True
+    assert calls == []
+    assert runtime.train_autocast("k", step(False), device="meta", work=10**6) is False
+
+
+def test_a_job_reports_the_precision_its_training_steps_ran_in(tmp_path: Path):
+    """A job with enough work runs the trial on its own training step, and every epoch
+    reports the precision the trial chose (remembered in the runtime choices)."""
+    from app.training.api import TrainConfig, train
+    from tests.training.conftest import make_digits_dataset
+
+    digits = make_digits_dataset(tmp_path / "d", train_per_class=20, test_per_class=2, size=32)
+    config = TrainConfig(
+        base_model="tiny_cnn", strategy="full", epochs=12, image_size=32, device="cpu"
+    )
+    result = train(config=config, dataset_dir=digits, work_dir=tmp_path / "w", cache_dir=tmp_path)
+    choices = json.loads((tmp_path / "runtime" / "choices.json").read_text())
+    [chosen] = [v for k, v in choices.items() if k.startswith("train-amp/cpu/")]
+    epochs = [h for h in result.history if h.get("stage") != "probe"]
+    assert epochs and {h["precision"] for h in epochs} == {chosen}
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA is not available on this machine")
