@@ -99,6 +99,10 @@ def topic_rows(*, per_class_train: int, per_class_test: int, seed: int = 0) -> l
     return rows
 
 
+# The upload form that names topics_csv's columns.
+TOPICS_FORM = {"task": "text_classification", "label_column": "topic", "text_column": "sentence"}
+
+
 def topics_csv(path: Path, *, per_class_train: int = 12, per_class_test: int = 8) -> Path:
     """Text CSV with configurable column names `sentence` / `topic` and a `split`."""
     with open(path, "w", newline="") as f:

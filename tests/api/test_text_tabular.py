@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save
 
 from app.training.build import build_model
-from tests.csvdata import iris_csv, topics_csv
+from tests.csvdata import TOPICS_FORM, iris_csv, topics_csv
 from tests.helpers import digits_zip
 
 
@@ -110,11 +110,7 @@ def test_a_job_spec_records_the_learning_rate_chosen_for_its_base_model(api, iri
         texts = api.post(
             "/v1/datasets",
             files={"file": ("t.csv", f, "text/csv")},
-            data={
-                "task": "text_classification",
-                "label_column": "topic",
-                "text_column": "sentence",
-            },
+            data=TOPICS_FORM,
         )
     assert texts.status_code == 201, texts.text
     text = {"dataset_id": texts.json()["id"], "base_model": "minilm-l6"}

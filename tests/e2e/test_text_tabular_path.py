@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.conftest import TEST_KEY
-from tests.csvdata import IRIS_COLUMNS, iris_rows, topics_csv
+from tests.csvdata import IRIS_COLUMNS, TOPICS_FORM, iris_rows, topics_csv
 from tests.helpers import digits_zip, embedded_service, wait_job
 
 
@@ -147,11 +147,7 @@ def test_iris_and_text_end_to_end(service, tmp_path):
         r = client.post(
             "/v1/datasets",
             files={"file": ("topics.csv", f, "text/csv")},
-            data={
-                "task": "text_classification",
-                "label_column": "topic",
-                "text_column": "sentence",
-            },
+            data=TOPICS_FORM,
         )
     assert r.status_code == 201, r.text
     topics = r.json()

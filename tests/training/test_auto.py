@@ -89,6 +89,20 @@ def test_auto_halves_from_the_probe_and_trains_the_best(digits_small: Path, tmp_
 
 
 @pytest.mark.slow
+def _auto_from_random(**kw) -> TrainConfig:
+    """auto on tiny_cnn from random weights: the probe of random features is weak and a
+    trained candidate gains (seeded), so the search has something to find."""
+    return TrainConfig(
+        base_model="tiny_cnn",
+        pretrained=False,
+        strategy="auto",
+        image_size=32,
+        batch_size=16,
+        device="cpu",
+        **kw,
+    )
+
+
 def test_the_winner_completes_its_plan_from_where_the_search_left_it(
     tmp_path: Path, monkeypatch
 ) -> None:
@@ -96,16 +110,7 @@ def test_the_winner_completes_its_plan_from_where_the_search_left_it(
     checkpoint to the end of its plan (the last rung), and its best epoch, read back
     from that checkpoint, is evaluated on test and saved as the model."""
     monkeypatch.setattr(auto, "BAR_SE", 0.0)  # any win counts (the bar is tested below)
-    config = TrainConfig(
-        base_model="tiny_cnn",
-        pretrained=False,  # random features: a trained candidate wins (seeded)
-        strategy="auto",
-        learning_rate=0.02,
-        image_size=32,
-        batch_size=16,
-        auto_budget_epochs=6,
-        device="cpu",
-    )
+    config = _auto_from_random(learning_rate=0.02, auto_budget_epochs=6)
     digits = make_digits_dataset(tmp_path / "d", train_per_class=40, test_per_class=4, size=32)
     reports = []
     result = train(
@@ -146,16 +151,7 @@ def test_a_leader_inside_the_bar_is_completed_and_judged_again(tmp_path: Path, m
     """The search stops its leader halfway down its plan. A leader ahead of the probe but
     inside the bar runs its last rung anyway, and the bar is judged on the completed run:
     kept if it clears it, the probe otherwise."""
-    config = TrainConfig(
-        base_model="tiny_cnn",
-        pretrained=False,  # random features: the probe is weak, training gains (seeded)
-        strategy="auto",
-        learning_rate=0.003,
-        image_size=32,
-        batch_size=16,
-        auto_budget_epochs=18,
-        device="cpu",
-    )
+    config = _auto_from_random(learning_rate=0.003, auto_budget_epochs=18)
     digits = make_digits_dataset(tmp_path / "d", train_per_class=60, test_per_class=4, size=32)
 
     def run(bar_se: float, name: str):
