@@ -70,8 +70,12 @@ def pixel_budget(files: list[Upload]) -> int:
 
 
 # Decoding and resizing release the GIL (Pillow's codecs and resampling), so the files of
-# one request are prepared on every core at once rather than one after another.
+# one request are prepared on every core at once rather than one after another, when
+# they are large enough to pay for the hand-offs (16 PNGs at 224 px, 200 KB: 10.5 ms one
+# after another, 7 ms side by side; 16 at 64 px, 25 KB, decode faster than they hand off).
+# Compressed bytes stand in for pixels: they cost nothing to count.
 _PREPARERS = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="decode")
+PARALLEL_MIN_BYTES = 128 * 1024
 
 
 def prepared_images(predictor, files: list[Upload]) -> list:
@@ -87,7 +91,7 @@ def prepared_images(predictor, files: list[Upload]) -> list:
             raise
         return predictor.check([image])[0]
 
-    if len(files) < 2:
+    if len(files) < 2 or sum(len(f.data) for f in files) < PARALLEL_MIN_BYTES:
         return [prepared(f) for f in files]
     return list(_PREPARERS.map(prepared, files))
 

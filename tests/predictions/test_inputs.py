@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from app.predictions.inputs import Upload, prepared_images
+from app.predictions.inputs import PARALLEL_MIN_BYTES, Upload, prepared_images
 from app.training.build import build_model, get_base_model
 from app.training.errors import EngineError
 from app.training.inference import Predictor, decode_image
@@ -41,16 +41,21 @@ def _predictor() -> ThreadNoting:
 
 def test_the_files_of_one_request_are_prepared_side_by_side_in_their_order() -> None:
     predictor = _predictor()
-    files = [Upload(f"{i}.png", png_bytes(img)) for i, (_, img) in enumerate(digit_images(1))]
+    images = enumerate(digit_images(2, size=224))  # 20 PNGs of ~11 KB, 224 x 224
+    files = [Upload(f"{i}.png", png_bytes(img)) for i, (_, img) in images]
+    assert sum(len(f.data) for f in files) >= PARALLEL_MIN_BYTES
     got = prepared_images(predictor, files)
     expected = [pil_to_uint8(decode_image(f.data, 24), 24) for f in files]
-    assert len(got) == len(expected) == 10
+    assert len(got) == len(expected) == 20
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
     assert all(name.startswith("decode") for name in predictor.threads), predictor.threads
-    # One file is prepared where the request already runs: no hand-off.
-    predictor.threads.clear()
-    prepared_images(predictor, files[:1])
-    assert predictor.threads == {threading.current_thread().name}
+    # One file, or small ones, are prepared where the request already runs: no hand-off.
+    small = [Upload(f"{i}.png", png_bytes(img)) for i, (_, img) in enumerate(digit_images(1))]
+    assert sum(len(f.data) for f in small) < PARALLEL_MIN_BYTES
+    for some in (files[:1], small):
+        predictor.threads.clear()
+        prepared_images(predictor, some)
+        assert predictor.threads == {threading.current_thread().name}
 
 
 def test_the_first_unreadable_file_in_order_is_named() -> None:

@@ -248,9 +248,10 @@ def test_one_thread_sessions_side_by_side_have_an_all_thread_twin_for_a_pass_alo
     tmp_path: Path,
 ):
     """Predict runs one-thread sessions side by side; a pass that runs alone takes a
-    second session of the same export on as many threads, checked against eager too."""
-    model = build_model(base_model="tiny_cnn", num_classes=3, pretrained=False).eval()
-    x = torch.rand(4, 3, 32, 32)
+    second session of the same export on as many threads, checked against eager too,
+    where it runs one input faster (measured: else it is left out, saying why)."""
+    model = build_model(base_model="efficientnet_lite0", num_classes=3, pretrained=False).eval()
+    x = torch.rand(4, 3, 160, 160)
     runner = runtime.prepare(
         model,
         example=x[:2],
@@ -260,13 +261,17 @@ def test_one_thread_sessions_side_by_side_have_an_all_thread_twin_for_a_pass_alo
         threads=1,
         parallel=2,
     )
-    assert runner.name == runtime.ONNX and runner.alone is not None
-    assert runner.info["threads"] == 1 and runner.info["alone_threads"] == 2, runner.info
+    assert runner.name == runtime.ONNX and runner.info["threads"] == 1
     assert len(list(tmp_path.glob("*.onnx"))) == 1  # one export serves both sessions
-    other = torch.rand(2, 3, 40, 40)  # another shape runs eager, as on the first session
-    with torch.inference_mode():
-        torch.testing.assert_close(runner.alone(x), model(x), atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(runner.alone(other), model(other))
+    info = runner.info
+    if runner.alone is None:  # this machine runs one input faster on one thread
+        assert info["alone_rejected"].startswith("not faster for one input"), info
+    else:
+        assert info["alone_threads"] == 2 and info["alone_ms"]["alone"] < info["alone_ms"]["one"]
+        other = torch.rand(2, 3, 40, 40)  # another shape runs eager, as on the first session
+        with torch.inference_mode():
+            torch.testing.assert_close(runner.alone(x), model(x), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(runner.alone(other), model(other))
     runtime.forget_choices()
     plain = runtime.prepare(
         model, example=x[:2], check=x, candidates=(runtime.ONNX,), cache_dir=tmp_path, threads=2
