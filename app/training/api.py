@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ from app.training.data import load_dataset
 from app.training.errors import DatasetError, InvalidConfig
 from app.training.feature_store import FeatureStore
 from app.training.freeze import default_train_bn
-from app.training.loop import LoopOptions, fit
+from app.training.loop import FitResult, LoopOptions, fit
 from app.training.schedule import plan_schedule
 from app.training.tasks import Kind, Modality, Task, get_task
 
@@ -81,6 +82,56 @@ def resolve_learning_rate(
     if strategy == "full" and has_weights and own is not None:
         return own
     return DEFAULT_LEARNING_RATE
+
+
+def _entry(result: FitResult, model: TransferModel, **what) -> dict:
+    """A leaderboard entry for a finished fit."""
+    return {
+        **what,
+        "val_score": result.best_val_score,
+        "val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
+        "trainable_params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _against_linear(
+    setup: auto.Setup, mlp: dict, result: FitResult, model: TransferModel, work_dir: Path
+) -> tuple[list[dict], tuple[TransferModel, FitResult]]:
+    """`full` on a tabular MLP from random weights: the linear model (the MLP with no
+    hidden layer, fitted exactly: logistic regression, ridge for a regression) is its
+    bar, as the probe is for a pretrained body. The MLP is kept only when it beats it on
+    validation by more than a standard error (auto.BAR_SE; any gain for R²): on 300
+    rows a small linear problem is where an MLP overfits. Measured (bench/quality.py):
+    diabetes R² 0.275 for the MLP against ridge's 0.366 on the same rows; palmerpenguins
+    0.981 against logistic regression's 0.990. (leaderboard, (model, fit) kept)."""
+    t0 = time.perf_counter()
+    linear = setup.make_linear()
+    plans = plan_schedule(
+        strategy=auto.PROBE["strategy"],
+        num_blocks=0,
+        epochs=1,
+        learning_rate=setup.learning_rate,
+        trainable_blocks=0,
+        unfreeze_every=1,
+        lr_decay=setup.lr_decay,
+    )
+    fitted = fit(
+        model=linear,
+        plans=plans,
+        data=setup.data,
+        options=replace(setup.options, probe=True),
+        work_dir=work_dir / "linear",
+        fingerprint={"linear": True},
+        should_stop=setup.should_stop,
+    )
+    bar = {**auto.PROBE, "stage": "linear", **_entry(fitted, linear), "epochs": 0}
+    bar["seconds"] = time.perf_counter() - t0
+    score_name = get_task(setup.options.task).objective_class.score_name
+    board = auto.judged([bar, mlp], bar, n_val=len(setup.data.val.labels), score_name=score_name)
+    for entry in board:  # also under the score's own name (val_accuracy, ...)
+        entry[f"val_{score_name}"] = entry["val_score"]
+    return board, ((linear, fitted) if bar.get("chosen") else (model, result))
 
 
 def check_trainable_blocks(trainable_blocks: int, *, base_model: str) -> int:
@@ -303,6 +354,7 @@ def train(
             unfreeze_every=config.unfreeze_every,
             lr_decay=config.lr_decay,
         )
+        t0 = time.perf_counter()
         result = fit(
             model=model,
             plans=plans,
@@ -320,6 +372,12 @@ def train(
             should_stop=should_stop,
             feature_store=store,
         )
+        baseline = config.linear_baseline and setup.make_linear is not None
+        if leaderboard is None and strategy == "full" and baseline:
+            mlp = _entry(result, model, strategy="full", learning_rate=lr, epochs=epochs)
+            mlp["seconds"] = time.perf_counter() - t0
+            leaderboard, kept = _against_linear(setup, mlp, result, model, work_dir)
+            model, result = kept
 
     artifact_dir = save_artifact(
         work_dir / "model",

@@ -373,9 +373,18 @@ def search(setup: Setup, *, budget_epochs: int, budget_seconds: float | None = N
         alive = order[: max(1, math.ceil(len(alive) / ETA))]
         if len(alive) <= 1:  # the final run trains the winner; nothing left to compare
             break
-    entries = ranked(
-        [probe, *(e for e in board.values() if e is not None)], n_val=n_val, score_name=score_name
+    return judged(
+        [probe, *(e for e in board.values() if e is not None)],
+        probe,
+        n_val=n_val,
+        score_name=score_name,
     )
+
+
+def judged(entries: list[dict], probe: dict, *, n_val: int, score_name: str) -> list[dict]:
+    """`entries` (rung 0's `probe` among them) best first (`ranked`), the one kept marked
+    `chosen`: the best if it clears the probe's bar, else the probe."""
+    entries = ranked(entries, n_val=n_val, score_name=score_name)
     _choose(entries, probe, n_val=n_val, score_name=score_name)
     return entries
 

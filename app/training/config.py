@@ -113,6 +113,11 @@ class TrainConfig:
         None, "auto: weigh classes by inverse frequency; null: unweighted"
     )
     lr_decay: float = option(0.5, "per-block rate factor (progressive)", gt=0, le=1)
+    linear_baseline: bool = option(
+        True,
+        "tabular MLP from random weights, strategy full: also fit its linear form (logistic "
+        "regression, ridge) and keep it unless the MLP beats it on validation",
+    )
     auto_budget_epochs: int = option(
         18, "epochs of the search and its winner's last rung (auto)", ge=1, le=1000
     )

@@ -107,7 +107,12 @@ def test_iris_and_text_end_to_end(service, tmp_path):
     assert 400 <= bad_json.status_code < 500
     assert _predict(client, model["id"], [one], top_k=0).status_code == 422
 
-    # ---- continue from it (model:<id>), and from its exported weights uploaded back
+    # ---- continue from an MLP (model:<id>), and from its exported weights uploaded back
+    # (the default job above keeps the MLP's linear form when that validates better;
+    # `linear_baseline: false` asks for the MLP itself)
+    mlp_job = _job(client, dataset_id=iris["id"], base_model="mlp", linear_baseline=False)
+    assert not mlp_job.get("leaderboard")
+    model = client.get(f"/v1/models/{mlp_job['model_id']}").json()
     cont = _job(
         client,
         dataset_id=iris["id"],

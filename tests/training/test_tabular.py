@@ -38,7 +38,10 @@ def _ingest(tmp_path: Path, csv_path: Path, name: str) -> Path:
 
 
 def _train(dataset: Path, work: Path, init_state=None, init_config=None, **kw) -> object:
-    defaults = dict(base_model="mlp", strategy="full", epochs=40, learning_rate=1e-2)
+    # The MLP itself, not the linear model that may replace it (linear_baseline)
+    defaults = dict(
+        base_model="mlp", strategy="full", epochs=40, learning_rate=1e-2, linear_baseline=False
+    )
     defaults.update(batch_size=16, early_stopping_patience=None)
     return train(
         config=TrainConfig(**{**defaults, **kw}),
@@ -153,8 +156,17 @@ def test_random_weights_default_to_full_and_train_well(tmp_path):
     # ~90 training rows are 3 steps an epoch: the step floor gives far more than 10 epochs.
     assert result.epochs > 10
     assert result.history[0]["stage"] == "probe"
-    assert all(g["trainable"] for g in result.history[1]["schedule"])
     assert result.metrics["accuracy"] >= 0.9, result.metrics
+    # The MLP trained end to end, against its linear form: the one kept is the chosen.
+    linear, mlp = sorted(result.leaderboard, key=lambda e: e.get("stage") != "linear")
+    assert linear["stage"] == "linear" and mlp["strategy"] == "full"
+    assert linear["trainable_params"] < mlp["trainable_params"]
+    chosen = linear if linear.get("chosen") else mlp
+    assert [e for e in result.leaderboard if e.get("chosen")] == [chosen]
+    config, _ = load_artifact(result.artifact_dir)
+    assert config["hidden"] == ([] if chosen is linear else list(HIDDEN))
+    if chosen is mlp:
+        assert all(g["trainable"] for g in result.history[1]["schedule"])
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,13 @@ def test_tabular_regression_on_diabetes(tmp_path):
     # Ridge on the raw features reaches R² ≈ 0.36-0.45 on such a split.
     assert result.metrics["r2"] > 0.25, result.metrics
     assert result.metrics["rmse"] < 65 and {"mae", "residual_std", "points"} <= set(result.metrics)
-    assert result.history[0]["stage"] == "probe" and "val_r2" in result.history[1]
+    assert result.history[0]["stage"] == "probe"
+    # The MLP trained, and its linear form (ridge) beside it: on this nearly linear target
+    # ridge does better on validation, and it is the model.
+    board = {e.get("stage", e["strategy"]): e for e in result.leaderboard}
+    assert set(board) == {"linear", "full"} and "val_r2" in board["full"], board
+    assert board["linear"].get("chosen") and board["linear"]["val_r2"] > board["full"]["val_r2"]
+    assert result.metrics["r2"] > 0.35, result.metrics
     p = load_predictor(result.artifact_dir)
     rows = list(csv.DictReader(open(tmp_path / "d.csv")))[:3]
     for r in rows:
