@@ -318,15 +318,19 @@ def choose_train_amp(
     level) says it is faster (runtime.train_autocast); `work`: samples x epochs to run."""
     if feed.cuda or not len(data):
         return
-    trial = copy.deepcopy(model)
-    apply_plan(trial, plan)
-    set_train_mode(trial, plan, train_bn=options.train_bn)
     idx = torch.arange(min(16, len(data)))
     y = feed.to_device(data.labels[idx])
     x = data.tensor[idx]
     shape = tuple((text.trim(x) if feed.is_text and x.dim() == 3 else x).shape)
+    copies: list[TransferModel] = []  # the model's copy, made only when a trial runs
 
     def step(bf16: bool) -> None:
+        if not copies:
+            trial = copy.deepcopy(model)
+            apply_plan(trial, plan)
+            set_train_mode(trial, plan, train_bn=options.train_bn)
+            copies.append(trial)
+        trial = copies[0]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = feed.logits(trial, data, idx, train=True)
         objective.loss(logits.float(), y).backward()
@@ -803,7 +807,7 @@ def fit(
             # plan, as the memory format's trial counts them).
             work = len(train_in) * (len(plans) - progress.epoch)
             choose_train_amp(model, plans[last - 1], feed, train_in, objective, o, work)
-        for epoch in range(progress.epoch, 0 if stopped or probe_only else last):
+        for epoch in range(progress.epoch, progress.epoch + to_run):
             t0 = time.perf_counter()
             plan = plans[epoch]
             apply_plan(model, plan)
