@@ -129,8 +129,6 @@ def _against_linear(
     bar["seconds"] = time.perf_counter() - t0
     score_name = get_task(setup.options.task).objective_class.score_name
     board = auto.judged([bar, mlp], bar, n_val=len(setup.data.val.labels), score_name=score_name)
-    for entry in board:  # also under the score's own name (val_accuracy, ...)
-        entry[f"val_{score_name}"] = entry["val_score"]
     return board, ((linear, fitted) if bar.get("chosen") else (model, result))
 
 
@@ -321,9 +319,6 @@ def train(
             budget_epochs=config.auto_budget_epochs,
             budget_seconds=config.auto_budget_seconds,
         )
-        name = task.objective_class.score_name
-        for entry in leaderboard:  # also under the score's own name (val_accuracy, ...)
-            entry[f"val_{name}"] = entry["val_score"]
         # A fine-tuned candidate that won: its own run, completed from where the search
         # left it (the last rung), is the model.
         won = auto.conclude(

@@ -383,9 +383,12 @@ def search(setup: Setup, *, budget_epochs: int, budget_seconds: float | None = N
 
 def judged(entries: list[dict], probe: dict, *, n_val: int, score_name: str) -> list[dict]:
     """`entries` (rung 0's `probe` among them) best first (`ranked`), the one kept marked
-    `chosen`: the best if it clears the probe's bar, else the probe."""
+    `chosen`: the best if it clears the probe's bar, else the probe; each score also
+    under its own name (val_accuracy, val_map, val_r2)."""
     entries = ranked(entries, n_val=n_val, score_name=score_name)
     _choose(entries, probe, n_val=n_val, score_name=score_name)
+    for entry in entries:
+        entry[f"val_{score_name}"] = entry["val_score"]
     return entries
 
 
