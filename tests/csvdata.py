@@ -103,6 +103,15 @@ def topic_rows(*, per_class_train: int, per_class_test: int, seed: int = 0) -> l
 TOPICS_FORM = {"task": "text_classification", "label_column": "topic", "text_column": "sentence"}
 
 
+def upload_topics(client, path: Path):
+    """POST /v1/datasets of topics_csv(path), its columns named, by any client with
+    httpx's post (the ASGI test client or a live one); the response."""
+    with topics_csv(path).open("rb") as f:
+        return client.post(
+            "/v1/datasets", files={"file": (path.name, f, "text/csv")}, data=TOPICS_FORM
+        )
+
+
 def topics_csv(path: Path, *, per_class_train: int = 12, per_class_test: int = 8) -> Path:
     """Text CSV with configurable column names `sentence` / `topic` and a `split`."""
     with open(path, "w", newline="") as f:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save
 
 from app.training.build import build_model
-from tests.csvdata import TOPICS_FORM, iris_csv, topics_csv
+from tests.csvdata import iris_csv, upload_topics
 from tests.helpers import digits_zip
 
 
@@ -106,12 +106,7 @@ def test_a_job_spec_records_the_learning_rate_chosen_for_its_base_model(api, iri
     """No learning_rate: 1e-3, except full fine-tuning of a pretrained base model that
     names its own rate (MiniLM: 1e-4); auto's candidates derive from 1e-3; a rate the
     job names is kept."""
-    with topics_csv(tmp_path / "t.csv").open("rb") as f:
-        texts = api.post(
-            "/v1/datasets",
-            files={"file": ("t.csv", f, "text/csv")},
-            data=TOPICS_FORM,
-        )
+    texts = upload_topics(api, tmp_path / "t.csv")
     assert texts.status_code == 201, texts.text
     text = {"dataset_id": texts.json()["id"], "base_model": "minilm-l6"}
     cases = [

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.conftest import TEST_KEY
-from tests.csvdata import IRIS_COLUMNS, TOPICS_FORM, iris_rows, topics_csv
+from tests.csvdata import IRIS_COLUMNS, iris_rows, upload_topics
 from tests.helpers import digits_zip, embedded_service, wait_job
 
 
@@ -148,12 +148,7 @@ def test_iris_and_text_end_to_end(service, tmp_path):
     assert uploaded_model["metrics"]["accuracy"] >= 0.8, uploaded_model["metrics"]
 
     # ---- text: configurable column names, MiniLM-L6 linear probe
-    with topics_csv(tmp_path / "topics.csv").open("rb") as f:
-        r = client.post(
-            "/v1/datasets",
-            files={"file": ("topics.csv", f, "text/csv")},
-            data=TOPICS_FORM,
-        )
+    r = upload_topics(client, tmp_path / "topics.csv")
     assert r.status_code == 201, r.text
     topics = r.json()
     assert topics["task"] == "text_classification"
